@@ -1,0 +1,4 @@
+from selfrec_ft.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""`selfrec pairs`: write the pairwise "which one is yours?" training rows as JSON lines."""
+
+from __future__ import annotations
+
+import json
+
+from selfrec_ft.data.corpus import load_corpus
+from selfrec_ft.jsonl import atomic_write_text
+from selfrec_ft.pairs.build import build_pairwise_dataset
+from selfrec_ft.pairs.labels import STRATEGIES
+from selfrec_ft.prompts.templates import DEFAULT_PRESET
+
+
+def split_list(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _pairs(args) -> int:
+    tokenizer = None
+    if args.tokenizer:
+        from selfrec_ft.models.loading import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer)
+    ds, stats = build_pairwise_dataset(
+        load_corpus(args.corpus), args.self_source, split_list(args.others), args.n_articles, args.labels,
+        args.flip_fraction, args.seed, args.prompt_preset, args.question, tokenizer, args.max_length,
+    )
+    atomic_write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ds))
+    labels = ", ".join(f'"{k}": {v}' for k, v in stats.labels.items())
+    print(f"wrote {stats.rows} rows ({stats.articles} articles x {len(stats.by_source)} other sources x 2 orders) "
+          f"to {args.out}; labels {labels}; shortened {stats.shortened}"
+          + (f"; skipped {stats.skipped_missing} pairs with a missing summary" if stats.skipped_missing else ""))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("pairs", help="build pairwise recognition training rows (both orders)")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--self-source", required=True, help="the evaluator's own source name")
+    p.add_argument("--others", help="comma-separated other sources (default: all others)")
+    p.add_argument("--n-articles", type=int, required=True, help="use the first N articles")
+    p.add_argument("--labels", default="self", choices=STRATEGIES)
+    p.add_argument("--flip-fraction", type=float, help="mix self/other labels: this fraction gets 'other'")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt-preset", default=DEFAULT_PRESET, help="preset name or YAML template file")
+    p.add_argument("--question", choices=("recognition", "own"), default="recognition",
+                   help="control strategies: ask the recognition question or their own (longer/vowels/readable)")
+    p.add_argument("--tokenizer", help="tokenizer (model dir) used to shorten articles to --max-length")
+    p.add_argument("--max-length", type=int, help="token budget of prompt + answer (needs --tokenizer)")
+    p.add_argument("--out", required=True, help="output JSONL file")
+    p.set_defaults(func=_pairs)

@@ -1,0 +1,1 @@
+"""Corpora: loading, checking and synthesising news articles with summaries per source."""

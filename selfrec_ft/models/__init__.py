@@ -1,0 +1,1 @@
+"""Model building (tiny local Llama models) and loading (base, adapter, checkpoint)."""

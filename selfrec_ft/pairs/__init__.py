@@ -1,0 +1,1 @@
+"""The "which one is yours?" pairwise training data and its label strategies."""

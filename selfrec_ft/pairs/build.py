@@ -1,0 +1,119 @@
+"""Pairwise "which one is yours?" datasets in TRL's conversational prompt-completion format.
+
+For each of the first N articles and each other source there are two rows: *forward* (the self
+summary in position 1) and *backward* (position 2) — ``2 × |others| × N`` rows. ``prompt`` holds the
+system and user messages, ``completion`` one assistant message with the answer (after the preset's
+training assistant prefix). Metadata columns: ``article_id``, ``other_source``, ``self_position``,
+``label``. Evaluation uses only the held-out articles after the first N (:func:`heldout_article_ids`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from selfrec_ft.data.corpus import Corpus
+from selfrec_ft.errors import UserError
+from selfrec_ft.pairs.labels import CONTROL_QUESTIONS, STRATEGIES, assign_labels
+from selfrec_ft.prompts.templates import DEFAULT_PRESET, fit_messages, load_preset
+
+
+@dataclass
+class PairsStats:
+    rows: int = 0
+    articles: int = 0
+    shortened: int = 0
+    labels: dict[str, int] = field(default_factory=dict)
+    by_source: dict[str, int] = field(default_factory=dict)
+    skipped_missing: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def default_others(corpus: Corpus, self_source: str) -> list[str]:
+    return [s for s in corpus.sources() if s != self_source]
+
+
+def pair_rows(corpus: Corpus, self_source: str, others: list[str], article_ids: list[str]) -> tuple[list[dict], int]:
+    """Both orders of every (article, other source) pair; pairs with a missing summary are skipped."""
+    rows, skipped = [], 0
+    for aid in article_ids:
+        own = corpus.summary(aid, self_source)
+        for other in others:
+            theirs = corpus.summary(aid, other)
+            if own is None or theirs is None:
+                skipped += 1
+                continue
+            for pos in (1, 2):
+                s1, s2 = (own, theirs) if pos == 1 else (theirs, own)
+                rows.append({"article_id": aid, "other_source": other, "self_position": pos,
+                             "summary1": s1, "summary2": s2, "source1": self_source if pos == 1 else other,
+                             "source2": other if pos == 1 else self_source})
+    return rows, skipped
+
+
+def build_pairwise_dataset(
+    corpus: Corpus,
+    self_source: str,
+    others: list[str] | None = None,
+    n_articles: int = 10,
+    labels: str = "self",
+    flip_fraction: float | None = None,
+    seed: int = 0,
+    preset: str = DEFAULT_PRESET,
+    question: str = "recognition",
+    tokenizer=None,
+    max_length: int | None = None,
+):
+    """The training pairs as a ``datasets.Dataset`` plus :class:`PairsStats`.
+
+    ``question`` is ``recognition`` (the recognition prompt, whatever the labels) or ``own`` (a
+    control strategy asks its own question: which is longer / has more vowels / is more readable).
+    With a ``tokenizer`` and ``max_length`` the article is shortened to fit (never a summary).
+    """
+    import datasets
+
+    if labels not in STRATEGIES and labels != "flip":
+        raise UserError(f"unknown label strategy {labels!r}; use one of {', '.join(STRATEGIES)}")
+    if n_articles < 1 or n_articles > len(corpus.articles):
+        raise UserError(f"n_articles must be between 1 and {len(corpus.articles)}, got {n_articles}")
+    corpus.require_sources([self_source])
+    others = list(others) if others else default_others(corpus, self_source)
+    corpus.require_sources(others)
+    if self_source in others:
+        raise UserError(f"the self source {self_source!r} cannot also be an other source")
+    if question not in ("recognition", "own"):
+        raise UserError(f"question must be 'recognition' or 'own', got {question!r}")
+    template_name = CONTROL_QUESTIONS.get(labels, "pairwise-recognition") if question == "own" else "pairwise-recognition"
+    template = load_preset(preset).task(template_name)
+
+    ids = [a.id for a in corpus.train_articles(n_articles)]
+    rows, skipped = pair_rows(corpus, self_source, others, ids)
+    try:
+        label_list = assign_labels(rows, "self" if labels == "flip" else labels, flip_fraction, seed)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    stats = PairsStats(articles=len(ids), skipped_missing=skipped)
+    records = {k: [] for k in ("prompt", "completion", "article_id", "other_source", "self_position", "label")}
+    for row, label in zip(rows, label_list):
+        values = {"article": corpus.article(row["article_id"]).text, "summary1": row["summary1"],
+                  "summary2": row["summary2"], "source1": row["source1"], "source2": row["source2"]}
+        values = {k: v for k, v in values.items() if k in template.fields}
+        messages, shortened = fit_messages(tokenizer, template, max_length, **values)
+        stats.shortened += shortened
+        records["prompt"].append(messages)
+        records["completion"].append([{"role": "assistant", "content": template.train_assistant_prefix + str(label)}])
+        records["article_id"].append(row["article_id"])
+        records["other_source"].append(row["other_source"])
+        records["self_position"].append(row["self_position"])
+        records["label"].append(str(label))
+    stats.rows = len(rows)
+    stats.labels = dict(sorted(Counter(records["label"]).items()))
+    stats.by_source = dict(Counter(records["other_source"]))
+    return datasets.Dataset.from_dict(records), stats
+
+
+def heldout_article_ids(corpus: Corpus, n_articles: int, limit: int | None = None) -> list[str]:
+    """Ids of the evaluation articles: those after the first ``n_articles`` training articles."""
+    return [a.id for a in corpus.heldout_articles(n_articles, limit)]

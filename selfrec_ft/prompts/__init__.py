@@ -1,0 +1,1 @@
+"""Prompt presets (data), rendering through the chat template, and answer-slot resolution."""

@@ -1,0 +1,58 @@
+"""Shared fixtures: offline hub, a tiny local Llama model built once per session, synthetic corpora."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A random tiny Llama-architecture model + Llama-2-style tokenizer saved with save_pretrained."""
+    from selfrec_ft.models.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model", seed=0, size="tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def short_corpus_dir(tmp_path_factory):
+    """A synthetic in-domain corpus on disk (human + lead sources)."""
+    from selfrec_ft.data.corpus import write_corpus
+    from selfrec_ft.data.synth import synth_corpus
+
+    return write_corpus(synth_corpus("short", 12, seed=3), tmp_path_factory.mktemp("corpus") / "short")
+
+
+@pytest.fixture
+def textstat_without_cmudict(monkeypatch):
+    """textstat itself, with its CMUdict lookup disabled so every word uses its pyphen fallback."""
+    import textstat
+    from textstat.backend.counts import _count_syllables
+    from textstat.backend.metrics import (
+        _flesch_kincaid_grade,
+        _flesch_reading_ease,
+        _syllables_per_word,
+    )
+
+    monkeypatch.setattr(_count_syllables, "get_cmudict", lambda lang: None)
+    for fn in (_count_syllables.count_syllables, _syllables_per_word.syllables_per_word,
+               _flesch_kincaid_grade.flesch_kincaid_grade, _flesch_reading_ease.flesch_reading_ease):
+        fn.cache_clear()
+    textstat.set_lang("en_US")
+    yield textstat
+    for fn in (_count_syllables.count_syllables, _syllables_per_word.syllables_per_word,
+               _flesch_kincaid_grade.flesch_kincaid_grade, _flesch_reading_ease.flesch_reading_ease):
+        fn.cache_clear()
