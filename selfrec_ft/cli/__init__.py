@@ -12,7 +12,10 @@ from selfrec_ft.errors import UserError
 COMMAND_MODULES = [
     "corpus_cmds",
     "model_cmds",
+    "generate_cmd",
     "pairs_cmd",
+    "report_cmd",
+    "analyze_cmd",
 ]
 
 

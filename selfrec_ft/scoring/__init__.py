@@ -1,0 +1,1 @@
+"""selfrec_ft.scoring."""

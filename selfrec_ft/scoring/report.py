@@ -1,0 +1,348 @@
+"""Reports from scoring rows: loading ``examples.jsonl`` or P1's released files, markdown tables.
+
+Two input formats:
+
+* ``selfrec``: the toolkit's ``examples.jsonl`` rows (docs/ARCHITECTURE.md, "Scoring rows").
+* ``p1``: the per-example Llama-2 result files released with Panickssery et al. 2024
+  (``shared/data/selfrec/paper_raw/``), as JSON lines or as the original JSON list. The kind of
+  each object is detected from its fields:
+
+  * pairwise (``*_detection_output`` / ``*_comparison_output``): ``model`` is the **other** source,
+    ``forward_*`` shows the evaluator's own summary in position 1; the raw {"1","2"} probabilities
+    become four rows (recognition/preference × forward/backward);
+  * individual score (``scores``): the raw P of "1".."5";
+  * individual recognition (``recognition_score``): only a scalar was released, so it is used as
+    v directly (``probs`` null, ``value_origin`` = ``p1:recognition_score``); its normalisation is
+    undocumented upstream and the report says so.
+
+  The stored scalars ``detection_score``, ``self_preference`` and ``score`` are never read: the
+  authors computed them inconsistently (PROTOCOL.md §3). P1's evaluator ``llama`` is renamed
+  ``llama2-7b-chat`` to match the shared corpus; the domain is the parent directory's name when it
+  is ``xsum`` or ``cnn``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from selfrec_ft.errors import UserError
+from selfrec_ft.jsonl import iter_jsonl
+from selfrec_ft.scoring.metrics import INDIVIDUAL_TASKS, ORDERS, PAIRWISE_TASKS, compute_report
+
+FORMATS = ("selfrec", "p1")
+P1_SOURCE_NAMES = {"llama": "llama2-7b-chat"}
+P1_EVALUATOR = "llama"
+P1_DOMAINS = ("xsum", "cnn")
+P1_PAIRWISE_FIELDS = {
+    ("pairwise-recognition", "forward"): "forward_detection_output",
+    ("pairwise-recognition", "backward"): "backward_detection_output",
+    ("pairwise-preference", "forward"): "forward_comparison_output",
+    ("pairwise-preference", "backward"): "backward_comparison_output",
+}
+SCORE_OPTIONS = ("1", "2", "3", "4", "5")
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _iter_objects(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line, object)`` from a JSON-lines file or a file holding one JSON list."""
+    if not path.is_file():
+        raise UserError("file not found", path)
+    text = path.read_text(encoding="utf-8")
+    if not text.lstrip().startswith("["):
+        for lineno, obj in iter_jsonl(path):
+            yield lineno, obj
+        return
+    decoder = json.JSONDecoder()
+    pos = text.index("[") + 1
+
+    def skip(p: int) -> int:
+        while p < len(text) and text[p] in " \t\r\n":
+            p += 1
+        return p
+
+    def line_of(p: int) -> int:
+        return text.count("\n", 0, p) + 1
+
+    pos = skip(pos)
+    if pos < len(text) and text[pos] == "]":
+        return
+    while True:
+        try:
+            obj, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"malformed JSON in the list item starting here ({exc.msg} at line "
+                            f"{exc.lineno} column {exc.colno})", path, line_of(pos)) from None
+        yield line_of(pos), obj
+        pos = skip(end)
+        if pos < len(text) and text[pos] == ",":
+            pos = skip(pos + 1)
+            continue
+        if pos < len(text) and text[pos] == "]":
+            if text[pos + 1:].strip():
+                raise UserError("unexpected data after the JSON list", path, line_of(pos + 1))
+            return
+        raise UserError("malformed JSON list (expected ',' or ']')", path, line_of(pos))
+
+
+def _probs(obj: Any, options: Sequence[str], what: str, path: Path, line: int) -> dict[str, float]:
+    """Validate an option-probability object: exactly ``options``, numbers (null means NaN)."""
+    if not isinstance(obj, dict):
+        raise UserError(f'"{what}" must be an object of option probabilities', path, line)
+    if set(obj) != set(options):
+        raise UserError(f'"{what}" must have options {list(options)}, got {sorted(obj)}', path, line)
+    out = {}
+    for o in options:
+        p = obj[o]
+        if p is None:
+            p = math.nan
+        if isinstance(p, bool) or not isinstance(p, (int, float)):
+            raise UserError(f'"{what}"["{o}"] must be a number, got {type(p).__name__}', path, line)
+        out[o] = float(p)
+    return out
+
+
+def _str_field(obj: Mapping, field: str, path: Path, line: int) -> str:
+    v = obj.get(field)
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        raise UserError(f'missing or invalid field "{field}" (expected a string)', path, line)
+    return str(v)
+
+
+def _p1_rows(obj: Mapping, path: Path, line: int, domain: str | None) -> list[dict[str, Any]]:
+    """Convert one P1 object into scoring rows (see the module docstring)."""
+    article_id = _str_field(obj, "key", path, line)
+    evaluator = str(obj.get("model", P1_EVALUATOR)) if "target_model" in obj else P1_EVALUATOR
+    self_source = P1_SOURCE_NAMES.get(evaluator, evaluator)
+    base = {"article_id": article_id, "self_source": self_source, "_file": str(path), "_line": line}
+    if domain is not None:
+        base["domain"] = domain
+    if any(f in obj for f in P1_PAIRWISE_FIELDS.values()):
+        other = _str_field(obj, "model", path, line)
+        rows = []
+        for (task, order), field in P1_PAIRWISE_FIELDS.items():
+            if field not in obj:
+                continue
+            probs = _probs(obj[field], ("1", "2"), field, path, line)
+            rows.append({**base, "task": task, "other_source": P1_SOURCE_NAMES.get(other, other),
+                         "order": order, "self_option": "1" if order == "forward" else "2",
+                         "probs": probs, "option_mass": sum(probs.values())})
+        return rows
+    target = _str_field(obj, "target_model", path, line)
+    base["target_source"] = P1_SOURCE_NAMES.get(target, target)
+    if "scores" in obj:
+        probs = _probs(obj["scores"], SCORE_OPTIONS, "scores", path, line)
+        return [{**base, "task": "individual-score", "probs": probs,
+                 "option_mass": sum(probs.values())}]
+    if "recognition_score" in obj:
+        v = obj["recognition_score"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise UserError('"recognition_score" must be a number', path, line)
+        return [{**base, "task": "individual-recognition", "probs": None, "value": float(v),
+                 "value_origin": "p1:recognition_score"}]
+    raise UserError("unrecognised P1 row: expected *_detection_output/*_comparison_output, "
+                    "scores or recognition_score fields", path, line)
+
+
+def read_p1_file(path: str | os.PathLike, domain: str | None = None) -> list[dict[str, Any]]:
+    """Scoring rows from one of P1's released result files (JSON lines or a JSON list).
+
+    ``domain`` defaults to the parent directory's name when it is one of P1's datasets.
+    """
+    path = Path(path)
+    if domain is None and path.parent.name in P1_DOMAINS:
+        domain = path.parent.name
+    rows = []
+    for line, obj in _iter_objects(path):
+        if not isinstance(obj, dict):
+            raise UserError("expected a JSON object", path, line)
+        rows.extend(_p1_rows(obj, path, line, domain))
+    return rows
+
+
+_P1_HINT = {"forward_detection_output", "scores", "recognition_score", "key"}
+
+
+def read_selfrec_file(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Validated scoring rows from an ``examples.jsonl`` (familiarity rows are kept)."""
+    path = Path(path)
+    rows = []
+    for line, obj in iter_jsonl(path):
+        task = obj.get("task")
+        if task is None and _P1_HINT & set(obj):
+            raise UserError('missing field "task" (this looks like a P1 file: use --format p1)',
+                            path, line)
+        if not isinstance(task, str):
+            raise UserError('missing or invalid field "task"', path, line)
+        row = dict(obj, _file=str(path), _line=line)
+        row["article_id"] = _str_field(obj, "article_id", path, line)
+        _str_field(obj, "self_source", path, line)
+        if task in PAIRWISE_TASKS.values():
+            _str_field(obj, "other_source", path, line)
+            if obj.get("order") not in ORDERS:
+                raise UserError(f'field "order" must be one of {list(ORDERS)}', path, line)
+            row["self_option"] = _str_field(obj, "self_option", path, line)
+            row["probs"] = _probs(obj.get("probs"), ("1", "2"), "probs", path, line)
+            if row["self_option"] not in row["probs"]:
+                raise UserError(f'"self_option" {row["self_option"]!r} is not an option', path, line)
+        elif task in INDIVIDUAL_TASKS.values():
+            _str_field(obj, "target_source", path, line)
+            options = ("Yes", "No") if task == "individual-recognition" else SCORE_OPTIONS
+            if obj.get("probs") is None and "value" in obj:
+                v = obj["value"]
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise UserError('"value" must be a number', path, line)
+            else:
+                row["probs"] = _probs(obj.get("probs"), options, "probs", path, line)
+        elif task == "familiarity":
+            _str_field(obj, "target_source", path, line)
+            v = obj.get("mean_logprob")
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise UserError('field "mean_logprob" must be a number', path, line)
+        else:
+            raise UserError(f'unknown task "{task}"', path, line)
+        rows.append(row)
+    return rows
+
+
+def _row_key(r: Mapping[str, Any]) -> tuple:
+    return (r.get("domain"), r["task"], r.get("self_source"), r["article_id"],
+            r.get("other_source", r.get("target_source")), r.get("order"))
+
+
+def load_rows(paths: Sequence[str | os.PathLike], fmt: str = "selfrec") -> list[dict[str, Any]]:
+    """Rows from several files in ``fmt`` (``selfrec`` or ``p1``); a duplicate row is an error.
+
+    Each row keeps ``_file``/``_line`` (where it was read) for error messages.
+    """
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}; expected one of {list(FORMATS)}")
+    if not paths:
+        raise UserError("no input files")
+    reader = read_selfrec_file if fmt == "selfrec" else read_p1_file
+    rows, seen = [], {}
+    for path in paths:
+        for r in reader(path):
+            key = _row_key(r)
+            if key in seen:
+                raise UserError(f"duplicate row (also at {seen[key]}): task {r['task']}, article "
+                                f"{r['article_id']}, source {key[4]}" + (f", {key[5]}" if key[5] else ""),
+                                r["_file"], r["_line"])
+            seen[key] = f"{r['_file']}:{r['_line']}"
+            rows.append(r)
+    return rows
+
+
+def report_paths(paths: Sequence[str | os.PathLike], fmt: str = "selfrec", seed: int = 0,
+                 n_resamples: int = 2000) -> dict[str, Any]:
+    """:func:`compute_report` of the rows in ``paths``, with the inputs recorded in ``meta``."""
+    rows = load_rows(paths, fmt)
+    report = compute_report(rows, seed=seed, n_resamples=n_resamples)
+    report["meta"]["inputs"] = [os.fspath(p) for p in paths]
+    report["meta"]["format"] = fmt
+    if not report.get("pairwise") and not report.get("individual"):
+        raise UserError("no pairwise or individual scoring rows in the input", os.fspath(paths[0]))
+    return report
+
+
+# ----------------------------------------------------------------------------- markdown
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _p(p: float | None) -> str:
+    if p is None:
+        return "= –"
+    return "< 1e-16" if p < 1e-16 else f"= {p:.2g}"
+
+
+def _ci(ci: Sequence[float] | None) -> str:
+    return "–" if not ci else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def _render_body(report: Mapping[str, Any], level: int) -> list[str]:
+    h = "#" * level
+    lines: list[str] = []
+    for note in report.get("notes", []):
+        lines.append(f"> **Note:** {note}")
+    if report.get("notes"):
+        lines.append("")
+    pw = report.get("pairwise")
+    if pw:
+        tasks = [t for t in PAIRWISE_TASKS if t in pw]
+        lines += [f"{h} Pairwise", "",
+                  "Score = ½[p̂_fwd(self) + p̂_bwd(self)], mean over pairs; 0.5 is chance. "
+                  "95% CI: bootstrap over articles.", ""]
+        lines += _table(
+            ["task", "mean", "95% CI", "mean (raw p)", "accuracy", "n", "invalid", "option mass"],
+            [[t, _f(pw[t]["mean"]), _ci(pw[t]["ci95"]), _f(pw[t]["mean_raw"]), _f(pw[t]["accuracy"]),
+              _f(pw[t]["n"]), _f(pw[t]["invalid"]), _f(pw[t]["mean_option_mass"])] for t in tasks])
+        lines += ["", f"{h}# Per other source", ""]
+        lines += _table(
+            ["task", "other source", "mean", "95% CI", "mean (raw p)", "accuracy", "n", "invalid"],
+            [[t, src, _f(b["mean"]), _ci(b["ci95"]), _f(b["mean_raw"]), _f(b["accuracy"]),
+              _f(b["n"]), _f(b["invalid"])]
+             for t in tasks for src, b in pw[t]["by_source"].items()])
+        lines += ["", f"{h}# Position bias (argmax answers of the two orders)", ""]
+        lines += _table(
+            ["task", "consistent self", "consistent other", "always 1", "always 2", "flagged"],
+            [[t, *(_f(pw[t]["position"][k]) for k in
+                   ("consistent_self", "consistent_other", "always_1", "always_2")),
+              _f(pw[t]["position_biased"])] for t in tasks])
+        if "kendall_tau" in pw:
+            lines += ["", f"Kendall τ between per-pair recognition and preference: "
+                          f"{_f(pw['kendall_tau'])} (n = {pw.get('kendall_tau_n', '–')} pairs, "
+                          f"p {_p(pw.get('kendall_tau_pvalue'))})"]
+        lines.append("")
+    ind = report.get("individual")
+    if ind:
+        lines += [f"{h} Individual", "",
+                  "ratio = v(self) / (v(self) + v(target)), mean over articles; 0.5 is chance. "
+                  "v = p̂(Yes) for recognition, expected 1–5 rating for score.", ""]
+        body = []
+        for t in [t for t in INDIVIDUAL_TASKS if t in ind]:
+            s = ind[t]
+            for src, b in s["by_source"].items():
+                body.append([t, src, _f(b["ratio"]), _ci(b["ci95"]), _f(b["n"]), _f(b["invalid"]),
+                             _f(s.get("auroc", {}).get(src)) if t == "recognition" else "–"])
+            p = s["pooled"]
+            body.append([t, "**all others**", _f(p["ratio"]), _ci(p["ci95"]), _f(p["n"]),
+                         _f(s["invalid"]), _f(s.get("auroc_pooled")) if t == "recognition" else "–"])
+        lines += _table(["task", "target source", "ratio", "95% CI", "n", "invalid", "AUROC"], body)
+        lines.append("")
+    for dom, sub in report.get("by_domain", {}).items():
+        lines += [f"{h} Domain: {dom}", ""] + _render_body(sub, level + 1)
+    return lines
+
+
+def render_markdown(report: Mapping[str, Any], title: str = "Self-recognition report") -> str:
+    """Readable markdown tables of a :func:`compute_report` dict."""
+    meta = report.get("meta", {})
+    lines = [f"# {title}", ""]
+    if meta:
+        bits = [f"{meta.get('n_rows', 0)} rows", f"evaluator (self): {', '.join(meta.get('self_sources', []))}"]
+        if meta.get("domains"):
+            bits.append(f"domains: {', '.join(meta['domains'])}")
+        bits.append(f"bootstrap: {meta.get('n_resamples')} resamples, seed {meta.get('seed')}")
+        lines += ["; ".join(bits), ""]
+    lines += _render_body(report, 2)
+    return "\n".join(lines).rstrip() + "\n"
