@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "pairs_cmd",
     "report_cmd",
     "analyze_cmd",
+    "dissect_cmd",
 ]
 
 
