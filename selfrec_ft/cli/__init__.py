@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "model_cmds",
     "generate_cmd",
     "pairs_cmd",
+    "eval_cmd",
     "report_cmd",
     "analyze_cmd",
     "dissect_cmd",

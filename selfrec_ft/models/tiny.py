@@ -40,6 +40,7 @@ class TinySpec:
 
 SIZES = {
     "tiny": TinySpec(1024, 64, 176, 2, 4, 2048, 200),
+    "demo": TinySpec(1024, 128, 352, 2, 4, 2048, 200),  # the CPU demo's evaluator and "other" model
     "small": TinySpec(8000, 384, 1024, 6, 6, 4096, 1500),
 }
 
@@ -54,7 +55,10 @@ def _training_texts(n_articles: int) -> list[str]:
         for a in c.articles:
             texts.append(a.text)
             texts.extend(c.summary(a.id, s) for s in c.sources())
+    # chat markers and every answer option the presets use, so that each option is one token after
+    # the template's "[/INST] " (Llama-2 has "▁Yes" / "▁No"; digits stay single characters)
     texts.extend(["[INST] <<SYS>>\nsystem\n<</SYS>>\n\nuser [/INST] answer"] * 50)
+    texts.extend([f"[/INST] {o} </s>" for o in ("Yes", "No") for _ in range(1000)])
     for name in available_presets():
         for t in load_preset(name).tasks.values():
             texts.extend([t.system, t.user])

@@ -1,0 +1,105 @@
+"""``selfrec eval``: score recognition/preference tasks on held-out articles (resumable)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from selfrec_ft.errors import UserError
+from selfrec_ft.prompts.templates import DEFAULT_PRESET
+from selfrec_ft.scoring.engine import DEFAULT_BATCH_SIZE
+from selfrec_ft.scoring.evaluate import DEFAULT_TASKS
+from selfrec_ft.scoring.items import GENERATION_TEMPLATES, TASKS
+
+
+def _names(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _templates(pairs: list[str] | None) -> dict[str, str]:
+    out = {}
+    for p in pairs or []:
+        task, sep, name = p.partition("=")
+        if not sep or not task.strip() or not name.strip():
+            raise UserError(f"--template needs TASK=TEMPLATE, got {p!r}")
+        out[task.strip()] = name.strip()
+    return out
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="score pairwise/individual recognition and preference on held-out articles",
+        description="Score the evaluator on the articles after the first --skip-first (the training "
+        "articles) into OUT/examples.jsonl (resumable: rerun the same command after a kill), then "
+        "write OUT/report.json and OUT/report.md and print the tables.",
+    )
+    p.add_argument("--model", required=True, help="model directory, LoRA adapter directory or checkpoint")
+    p.add_argument("--corpus", required=True, help="corpus directory (articles.jsonl, summaries.jsonl)")
+    p.add_argument("--self-source", required=True, help="the evaluator's own source name in the corpus")
+    p.add_argument("--others", help="comma-separated other sources (default: every other source)")
+    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
+                   help=f"comma-separated tasks (default: all of {', '.join(TASKS)})")
+    p.add_argument("--skip-first", type=_int_at_least(0), default=0,
+                   help="skip the first N articles (the training articles; default 0)")
+    p.add_argument("--limit", type=_int_at_least(1), help="score at most K articles")
+    p.add_argument("--prompt-preset", default=DEFAULT_PRESET, help="preset name or YAML template file")
+    p.add_argument("--template", action="append", metavar="TASK=TEMPLATE",
+                   help="use a variant template for a task, e.g. pairwise-preference=pairwise-preference-worse")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=DEFAULT_BATCH_SIZE,
+                   help=f"rows per forward pass (default {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--max-batch-tokens", type=_int_at_least(1),
+                   help="also bound rows x padded length of a forward pass (GPU memory)")
+    p.add_argument("--max-length", type=_int_at_least(8),
+                   help="token budget of a prompt + answer; longer articles are shortened "
+                   "(default: the model's context length)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--base-model", help="base model for an adapter directory (default: from its config)")
+    p.add_argument("--familiarity", action="store_true",
+                   help="also score each summary's mean token log-likelihood given the generation prompt")
+    p.add_argument("--domain", choices=tuple(GENERATION_TEMPLATES),
+                   help="dataset domain, recorded in rows; picks the generation template for --familiarity")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--n-resamples", type=_int_at_least(1), default=2000, help="bootstrap resamples")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from selfrec_ft.scoring.evaluate import evaluate
+
+    tasks = _names(args.tasks) or []
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise UserError(f"unknown task(s) {', '.join(unknown)}; use {', '.join(TASKS)}")
+    if args.familiarity and args.domain is None:
+        raise UserError("--familiarity needs --domain (short or highlights) to pick the generation prompt")
+    result = evaluate(
+        args.model, args.corpus, args.out, self_source=args.self_source, others=_names(args.others),
+        tasks=tasks, skip_first=args.skip_first, limit=args.limit, preset=args.prompt_preset,
+        templates=_templates(args.template), batch_size=args.batch_size,
+        max_batch_tokens=args.max_batch_tokens, max_length=args.max_length,
+        dtype=args.dtype, familiarity=args.familiarity, domain=args.domain, device=args.device,
+        base_model=args.base_model, progress=not args.no_progress, seed=args.seed, n_resamples=args.n_resamples,
+    )
+    print(result.markdown, end="")
+    print(f"scored {result.scored} prompts ({result.resumed} already done) -> {result.examples_path}; "
+          f"report: {result.out_dir / 'report.json'}, {result.out_dir / 'report.md'}", file=sys.stderr)
+    return 0
