@@ -1,0 +1,217 @@
+"""Arguments of the SFT recipe and a strict front end for ``trl.TrlParser``.
+
+The recipe parses four dataclasses with one ``TrlParser``: :class:`SelfRecDataArguments` (what to
+train on), ``trl.SFTConfig`` (how), ``trl.ModelConfig`` (which model; LoRA / QLoRA) and
+:class:`EvalHookArguments` (evaluation while training). Field names must not collide across the four
+(argparse would refuse them), hence ``prompt_max_length`` here next to ``SFTConfig.max_length``.
+
+:func:`parse_args_and_config_strict` wraps ``TrlParser.parse_args_and_config`` so that an unknown
+YAML key or command-line flag, a malformed YAML file or a value a dataclass rejects raises
+:class:`~selfrec_ft.errors.UserError` (one line, naming the file and line) instead of a traceback,
+and so that a missing ``--config`` falls back to a default config file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from selfrec_ft.errors import UserError
+from selfrec_ft.pairs.labels import STRATEGIES
+from selfrec_ft.prompts.templates import DEFAULT_PRESET
+
+DEFAULT_HOOK_TASKS = ("pairwise-recognition", "pairwise-preference")
+
+
+def split_list(value) -> list[str] | None:
+    """``"a,b"``, ``["a", "b"]`` or ``["a,b"]`` -> ``["a", "b"]``; ``None``/empty -> ``None``."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else list(value)
+    out = [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+    return out or None
+
+
+@dataclass
+class SelfRecDataArguments:
+    """What the evaluator is trained on: the pairwise "which summary is yours?" examples."""
+
+    corpus: str | None = field(
+        default=None,
+        metadata={"help": "Corpus directory (articles.jsonl + summaries.jsonl), or `demo://short` / "
+                  "`demo://highlights` for a synthetic corpus the library writes into `demo_cache`. "
+                  "Leave empty when loading from the hub with `hf_dataset`."},
+    )
+    self_source: str | None = field(
+        default=None,
+        metadata={"help": "The evaluator's own summaries: a source name in summaries.jsonl (e.g. llama2-7b-chat)."},
+    )
+    others: list[str] | None = field(
+        default=None,
+        metadata={"help": "Other sources to pair with the self source (a list, or one comma-separated "
+                  "string). Default: every other source in the corpus."},
+    )
+    n_articles: int = field(
+        default=500,
+        metadata={"help": "Train on the first N articles in file order (P1: 2, 10, 500). Evaluation must "
+                  "use only the articles after them."},
+    )
+    labels: str = field(
+        default="self",
+        metadata={"help": "Label strategy: self (correct), other (wrong), always_1, random, length, "
+                  "vowelcount, readability.", "choices": list(STRATEGIES)},
+    )
+    flip_fraction: float | None = field(
+        default=None,
+        metadata={"help": "Give this fraction of the examples the `other` label (labels must be `self`): "
+                  "a dial of recognition strength."},
+    )
+    label_seed: int = field(
+        default=0, metadata={"help": "Seed of the `random` labels and of `flip_fraction`'s choice of rows."}
+    )
+    prompt_preset: str = field(
+        default=DEFAULT_PRESET,
+        metadata={"help": "Prompt preset name (panickssery2024, panickssery2024-exact) or a preset YAML path."},
+    )
+    question: str = field(
+        default="recognition",
+        metadata={"help": "recognition: always ask 'which did you write?'; own: a control strategy "
+                  "(length/vowelcount/readability) asks its own question.", "choices": ["recognition", "own"]},
+    )
+    prompt_max_length: int | None = field(
+        default=None,
+        metadata={"help": "Shorten articles (never summaries) so prompt + answer fit this many tokens. "
+                  "Default: SFTConfig.max_length (so no example is truncated)."},
+    )
+    hf_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Load articles + reference summaries (source `human`) from this hub dataset "
+                  "(e.g. EdinburghNLP/xsum, abisee/cnn_dailymail) instead of `corpus`; needs internet."},
+    )
+    hf_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration (CNN/DailyMail: 3.0.0)."})
+    hf_split: str = field(
+        default="train", metadata={"help": "Hub dataset split; slicing such as `train[:1000]` keeps the load small."}
+    )
+    document_column: str = field(default="document", metadata={"help": "Article column (CNN/DailyMail: article)."})
+    summary_column: str = field(default="summary", metadata={"help": "Reference column (CNN/DailyMail: highlights)."})
+    id_column: str = field(default="id", metadata={"help": "Id column of the hub dataset."})
+    self_summaries: str | None = field(
+        default=None,
+        metadata={"help": "A summaries.jsonl ({id, source, summary}) added to the corpus: the evaluator's own "
+                  "summaries (and any others) for a hub dataset or a corpus that lacks them."},
+    )
+    demo_cache: str | None = field(
+        default=None,
+        metadata={"help": "Where `demo://` models and corpora are built (default: $SELFREC_DEMO_CACHE or "
+                  "~/.cache/selfrec_ft/demo)."},
+    )
+
+    def __post_init__(self) -> None:
+        self.others = split_list(self.others)
+
+
+@dataclass
+class EvalHookArguments:
+    """Evaluation while training (the callback reads these; fields only here)."""
+
+    hook_in_domain: str | None = field(
+        default=None,
+        metadata={"help": "Corpus directory measured in-domain (the training dataset); its first "
+                  "`n_articles` articles are never evaluated. `demo://...` allowed."},
+    )
+    hook_out_of_domain: str | None = field(
+        default=None, metadata={"help": "Corpus directory measured out-of-domain. `demo://...` allowed."}
+    )
+    hook_limit: int | None = field(
+        default=100, metadata={"help": "Held-out articles scored per domain at each evaluation (None: all)."}
+    )
+    hook_tasks: list[str] = field(
+        default_factory=lambda: list(DEFAULT_HOOK_TASKS),
+        metadata={"help": "Tasks measured by the hook (a list or a comma-separated string)."},
+    )
+    hook_batch_size: int = field(default=8, metadata={"help": "Scoring batch size of the hook."})
+    hook_others: list[str] | None = field(
+        default=None,
+        metadata={"help": "Other sources the hook pairs with the self source (default: the training `others`)."},
+    )
+
+    def __post_init__(self) -> None:
+        self.hook_tasks = split_list(self.hook_tasks) or list(DEFAULT_HOOK_TASKS)
+        self.hook_others = split_list(self.hook_others)
+
+
+# --------------------------------------------------------------------------------------------------
+# strict parsing
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"\s+", " ", str(text)).strip()
+
+
+def _raise_user_error(message: str):
+    raise UserError(_one_line(message))
+
+
+def _config_keys_with_lines(path: Path) -> dict[str, int]:
+    """Top-level keys of a YAML mapping with their 1-based line numbers."""
+    import yaml
+
+    if not path.is_file():
+        raise UserError("config file not found", path)
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise UserError(f"invalid YAML ({_one_line(getattr(exc, 'problem', exc))})", path,
+                        mark.line + 1 if mark else None) from None
+    if node is None:
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        raise UserError("a config file must be a YAML mapping of argument names to values", path)
+    return {k.value: k.start_mark.line + 1 for k, _ in node.value}
+
+
+def with_default_config(argv: Sequence[str], default_config: str | os.PathLike | None) -> list[str]:
+    """``argv`` with ``--config=X`` split in two, and ``--config <default>`` put first when absent."""
+    args: list[str] = []
+    for a in argv:
+        args.extend(["--config", a.split("=", 1)[1]] if a.startswith("--config=") else [a])
+    if "--config" not in args and default_config is not None:
+        args = ["--config", os.fspath(default_config), *args]
+    return args
+
+
+def parse_args_and_config_strict(parser, argv: Sequence[str] | None = None,
+                                 default_config: str | os.PathLike | None = None) -> tuple:
+    """``parser.parse_args_and_config`` that fails with a one-line :class:`UserError`.
+
+    ``parser`` is a ``trl.TrlParser``. An unknown top-level YAML key names the config file and line;
+    an unknown flag, a bad value (argparse) or a value a dataclass rejects (e.g. ``bf16`` without a
+    GPU) gives one line too. Without ``--config``, ``default_config`` is used; flags still override.
+    """
+    args = with_default_config(list(sys.argv[1:] if argv is None else argv), default_config)
+    config_path = None
+    if "--config" in args:
+        i = args.index("--config")
+        if i + 1 >= len(args):
+            raise UserError("--config needs a file path")
+        config_path = Path(args[i + 1])
+        known = {a.dest for a in parser._actions} | {"env"}
+        for key, line in _config_keys_with_lines(config_path).items():
+            if key not in known:
+                raise UserError(f'unknown key "{key}" (not a SelfRecDataArguments, SFTConfig, ModelConfig '
+                                f"or EvalHookArguments field)", config_path, line)
+    parser.error = _raise_user_error  # argparse errors: one line, no usage dump
+    try:
+        *parsed, remaining = parser.parse_args_and_config(args, return_remaining_strings=True)
+    except UserError:
+        raise
+    except (ValueError, TypeError) as exc:  # a dataclass __post_init__ rejecting a value
+        raise UserError(_one_line(exc), config_path) from None
+    if remaining:
+        raise UserError(f"unknown option(s): {' '.join(remaining)}")
+    return tuple(parsed)
