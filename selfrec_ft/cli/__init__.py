@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "generate_cmd",
     "pairs_cmd",
     "eval_cmd",
+    "eval_checkpoints_cmd",
     "report_cmd",
     "analyze_cmd",
     "dissect_cmd",

@@ -1,0 +1,77 @@
+"""``selfrec eval-checkpoints``: recognition/preference of the base model, every checkpoint and the final
+model of SFT runs, in-domain and out-of-domain, as one table (see :mod:`selfrec_ft.sweep.checkpoints`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from selfrec_ft.cli.eval_cmd import _int_at_least, _names
+from selfrec_ft.errors import UserError
+from selfrec_ft.scoring.engine import DEFAULT_BATCH_SIZE
+from selfrec_ft.scoring.items import GENERATION_TEMPLATES, TASKS
+from selfrec_ft.sweep.checkpoints import DEFAULT_EVAL_TASKS
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "eval-checkpoints",
+        help="evaluate the base model, checkpoints and final model of SFT runs in both domains",
+        description="For each RUN_DIR (an SFT output_dir with training_manifest.json and resolved_config.yaml), "
+        "score the untrained base model (once per distinct base), every checkpoint-* and the final "
+        "adapter/model on held-out in-domain articles (after the run's first n_articles) and on the "
+        "out-of-domain corpus. Each evaluation lives in RUN_DIR/eval/<checkpoint>/<domain>-<hash>/ "
+        "(base models: OUT/base_model/) and is resumable; a finished one is read back, not rerun. "
+        "Writes OUT/eval_checkpoints.json and OUT/eval_checkpoints.md.",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="SFT output directories")
+    p.add_argument("--in-domain", help="in-domain corpus directory (or demo://...); default: the run's "
+                   "hook_in_domain, else its training corpus")
+    p.add_argument("--out-of-domain", help="out-of-domain corpus directory (or demo://...); default: the run's "
+                   "hook_out_of_domain")
+    p.add_argument("--in-domain-kind", choices=tuple(GENERATION_TEMPLATES),
+                   help="short (XSUM-like) or highlights (CNN-like); default: guessed from the directory name")
+    p.add_argument("--out-of-domain-kind", choices=tuple(GENERATION_TEMPLATES), help="as --in-domain-kind")
+    p.add_argument("--tasks", default=",".join(DEFAULT_EVAL_TASKS),
+                   help=f"comma-separated tasks (default: {','.join(DEFAULT_EVAL_TASKS)}; any of {', '.join(TASKS)})")
+    p.add_argument("--self-source", help="the evaluator's own source (default: the run's manifest)")
+    p.add_argument("--others", help="comma-separated other sources (default: the run's training others)")
+    p.add_argument("--limit", type=_int_at_least(1), help="score at most K articles per domain")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=DEFAULT_BATCH_SIZE,
+                   help=f"rows per forward pass (default {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--familiarity", action="store_true",
+                   help="also score the log-likelihood of each source's summaries (self minus others in the table)")
+    p.add_argument("--no-base", action="store_true", help="do not evaluate the base model")
+    p.add_argument("--final-only", action="store_true", help="only the final model (and the base), no checkpoints")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), help="default: the run's training dtype")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--n-resamples", type=_int_at_least(1), default=2000, help="bootstrap resamples")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--out", help="where the table goes (default: the run directory for one run, else the "
+                   "deepest directory containing all run directories)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from selfrec_ft.sweep.checkpoints import EvalSettings, eval_checkpoints
+
+    tasks = _names(args.tasks) or []
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise UserError(f"unknown task(s) {', '.join(unknown)}; use {', '.join(TASKS)}")
+    if not tasks and not args.familiarity:
+        raise UserError("nothing to score: --tasks is empty and no --familiarity")
+    settings = EvalSettings(
+        in_domain=args.in_domain, out_of_domain=args.out_of_domain, in_domain_kind=args.in_domain_kind,
+        out_of_domain_kind=args.out_of_domain_kind, tasks=tasks, limit=args.limit, batch_size=args.batch_size,
+        familiarity=args.familiarity, self_source=args.self_source, others=_names(args.others), dtype=args.dtype,
+        device=args.device, seed=args.seed, n_resamples=args.n_resamples, progress=not args.no_progress,
+    )
+    table = eval_checkpoints(args.run_dirs, settings, out=args.out, include_base=not args.no_base,
+                             checkpoints=not args.final_only)
+    print(table.md_path.read_text(encoding="utf-8"), end="")
+    cached = sum(r["cached"] for r in table.rows)
+    print(f"{len(table.rows)} evaluations ({cached} read back from finished ones) -> {table.json_path}, "
+          f"{table.md_path}", file=sys.stderr)
+    return 0
