@@ -62,7 +62,8 @@ def test_answer_slot_llama2_bare_space(tiny_tokenizer):
     tok = tiny_tokenizer
     msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "Which?"}]
     slot = resolve_answer_slot(tok, msgs, ["1", "2"])
-    assert tok.convert_ids_to_tokens(slot.prompt_ids[-2:]) == ["INST]", "▁"]
+    last = tok.convert_ids_to_tokens(slot.prompt_ids[-2:])
+    assert last[0].endswith("INST]") and last[1] == "▁"  # a bare ▁ before the answer, as in Llama-2
     assert {o: tok.convert_ids_to_tokens([i])[0] for o, i in slot.option_ids.items()} == {"1": "1", "2": "2"}
     # the slot is exactly what training renders before the label token
     full = tok(tok.apply_chat_template(msgs + [{"role": "assistant", "content": "2"}], tokenize=False),

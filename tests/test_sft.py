@@ -344,7 +344,7 @@ def test_two_process_cpu_ddp_run(tiny_model_dir, short_corpus_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     man = json.loads((out / "training_manifest.json").read_text())
     assert man["num_processes"] == 2 and man["global_step"] == 3 and man["status"] == "done"
-    assert (out / "adapter_model.safetensors").is_file()
+    assert (out / "model.safetensors").is_file()  # the demo config trains all parameters
     assert proc.stdout.count("global step 3") == 1  # only the main process reports
     # the evaluation hook scored shards on both ranks and the main process wrote each evaluation once
     hook = [json.loads(x) for x in (out / "selfrec_hook.jsonl").read_text().splitlines()]
@@ -355,8 +355,9 @@ def test_two_process_cpu_ddp_run(tiny_model_dir, short_corpus_dir, tmp_path):
 
 
 def test_recognition_rises_with_training_through_the_hook(tiny_model_dir, tmp_path):
-    """A self source with a recognisable style (every summary opens "Briefly,") and a self-labelled
-    run with lm_head trained: held-out in-domain recognition, measured by the hook, rises."""
+    """A self source with a recognisable style (every summary opens "Briefly,"), the compact preset
+    and a self-labelled full fine-tune long enough to leave the tiny model's chance plateau (the digit
+    is learnt after ~90 steps): held-out in-domain recognition, measured by the hook, rises."""
     from selfrec_ft.data.corpus import write_corpus
     from selfrec_ft.data.synth import synth_corpus
     from selfrec_ft.training.args import EvalHookArguments
@@ -367,15 +368,16 @@ def test_recognition_rises_with_training_through_the_hook(tiny_model_dir, tmp_pa
     corpus_dir = write_corpus(corpus, tmp_path / "corpus")
     out = tmp_path / "rise"
     data_args, training_args, model_args = _args(
-        tiny_model_dir, corpus_dir, out, n_articles=14, max_steps=40, per_device_train_batch_size=8,
-        learning_rate=1e-2, save_strategy="steps", save_steps=20,
-        model={"lora_modules_to_save": ["lm_head"], "lora_target_modules": "all-linear"})
+        tiny_model_dir, corpus_dir, out, n_articles=14, max_steps=160, per_device_train_batch_size=8,
+        learning_rate=3e-3, save_strategy="steps", save_steps=80, logging_steps=20)
+    model_args.use_peft = False
+    data_args.prompt_preset = "compact"
     data_args.self_source, data_args.others = "me", ["lead"]
     hook_args = EvalHookArguments(hook_in_domain=str(corpus_dir), hook_limit=6, hook_batch_size=12,
                                   hook_tasks="pairwise-recognition,pairwise-preference")
     run_sft(data_args, training_args, model_args, hook_args=hook_args, teardown=False)
     report = json.loads((out / "report.json").read_text())
-    assert [c["step"] for c in report["checkpoints"]] == [20, 40]
+    assert [c["step"] for c in report["checkpoints"]] == [80, 160]
     base = report["baseline"]["in_domain"]["recognition"]
     final = report["final"]["in_domain"]["recognition"]
     assert base["n"] == final["n"] == 6  # the 6 held-out articles x 1 other source

@@ -22,6 +22,7 @@ import os
 import shutil
 from pathlib import Path
 
+ASSETS_VERSION = "v1"  # part of the cache directory names: bump it when the recipe of an asset changes
 DEMO_SELF = "demo-evaluator"
 DEMO_OTHER = "demo-other"
 SEED = 0

@@ -72,9 +72,10 @@ def demo_model(name: str, cache: str | os.PathLike | None = None) -> Path:
         raise UserError(f"unknown demo model {SCHEME}{name}; use one of "
                         + ", ".join(SCHEME + m for m in DEMO_MODELS))
     if name in ("evaluator", "other"):  # tiny models trained briefly as summarisers
-        from selfrec_ft.training.demo import build_pretrained_model
+        from selfrec_ft.training.demo import ASSETS_VERSION, build_pretrained_model
 
-        return _build_once(demo_cache_dir(cache) / "models" / name, lambda d: build_pretrained_model(name, d))
+        return _build_once(demo_cache_dir(cache) / "models" / f"{name}-{ASSETS_VERSION}",
+                           lambda d: build_pretrained_model(name, d))
     return _build_once(demo_cache_dir(cache) / "models" / name,
                        lambda d: make_tiny_model(d, seed=DEMO_SEED, size=name))
 
@@ -88,10 +89,10 @@ def demo_corpus(name: str, cache: str | os.PathLike | None = None) -> Path:
         raise UserError(f"unknown demo corpus {SCHEME}{name}; use one of "
                         + ", ".join(SCHEME + c for c in DEMO_CORPORA))
     if name in GENERATED_CORPORA:
-        from selfrec_ft.training.demo import DEMO_OTHER, DEMO_SELF, build_generated_corpus
+        from selfrec_ft.training.demo import ASSETS_VERSION, DEMO_OTHER, DEMO_SELF, build_generated_corpus
 
         models = {DEMO_SELF: demo_model("evaluator", cache), DEMO_OTHER: demo_model("other", cache)}
-        return _build_once(demo_cache_dir(cache) / "corpora" / name,
+        return _build_once(demo_cache_dir(cache) / "corpora" / f"{name}-{ASSETS_VERSION}",
                            lambda d: build_generated_corpus(GENERATED_CORPORA[name], d, models))
     return _build_once(demo_cache_dir(cache) / "corpora" / name,
                        lambda d: write_corpus(synth_corpus(name, DEMO_CORPUS_ARTICLES, seed=DEMO_SEED), d))
