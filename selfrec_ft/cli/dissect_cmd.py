@@ -16,23 +16,11 @@ import argparse
 import os
 from pathlib import Path
 
+from selfrec_ft.cli.common import int_at_least
 from selfrec_ft.dissection.fit import DEFAULT_PRIOR_SCALE
 from selfrec_ft.errors import UserError
 from selfrec_ft.prompts.templates import DEFAULT_PRESET
 from selfrec_ft.scoring.engine import DEFAULT_BATCH_SIZE
-
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def register(sub) -> None:
@@ -62,19 +50,19 @@ def register(sub) -> None:
     g.add_argument("--corpus", help="corpus directory (articles.jsonl, summaries.jsonl)")
     g.add_argument("--self-source", help="the evaluator's own source name in the corpus")
     g.add_argument("--others", help="comma-separated other sources (default: every other source)")
-    g.add_argument("--skip-first", type=_int_at_least(0), help="skip the first N articles (the training "
+    g.add_argument("--skip-first", type=int_at_least(0), help="skip the first N articles (the training "
                    "articles; default 0)")
-    g.add_argument("--limit", type=_int_at_least(1), help="use at most K articles")
+    g.add_argument("--limit", type=int_at_least(1), help="use at most K articles")
     g.add_argument("--seed", type=int, help="seed of the coin that puts the self summary first or second "
                    "(default 0); also the bootstrap seed")
     g = p.add_argument_group("judging (with --judge)")
     g.add_argument("--prompt-preset", default=DEFAULT_PRESET, help="preset name or YAML template file")
     g.add_argument("--template", default="pairwise-preference",
                    help="preference template of the preset (default pairwise-preference)")
-    g.add_argument("--batch-size", type=_int_at_least(1), default=DEFAULT_BATCH_SIZE,
+    g.add_argument("--batch-size", type=int_at_least(1), default=DEFAULT_BATCH_SIZE,
                    help=f"rows per forward pass (default {DEFAULT_BATCH_SIZE})")
-    g.add_argument("--max-batch-tokens", type=_int_at_least(1), help="also bound rows x padded length")
-    g.add_argument("--max-length", type=_int_at_least(8),
+    g.add_argument("--max-batch-tokens", type=int_at_least(1), help="also bound rows x padded length")
+    g.add_argument("--max-length", type=int_at_least(8),
                    help="token budget of a prompt + answer; longer articles are shortened "
                         "(default: the model's context length)")
     g.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")

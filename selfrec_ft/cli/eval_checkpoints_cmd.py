@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from selfrec_ft.cli.eval_cmd import _int_at_least, _names
+from selfrec_ft.cli.common import int_at_least
+from selfrec_ft.cli.eval_cmd import _names
 from selfrec_ft.errors import UserError
 from selfrec_ft.scoring.engine import DEFAULT_BATCH_SIZE
 from selfrec_ft.scoring.items import GENERATION_TEMPLATES, TASKS
@@ -36,8 +37,8 @@ def register(sub) -> None:
                    help=f"comma-separated tasks (default: {','.join(DEFAULT_EVAL_TASKS)}; any of {', '.join(TASKS)})")
     p.add_argument("--self-source", help="the evaluator's own source (default: the run's manifest)")
     p.add_argument("--others", help="comma-separated other sources (default: the run's training others)")
-    p.add_argument("--limit", type=_int_at_least(1), help="score at most K articles per domain")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=DEFAULT_BATCH_SIZE,
+    p.add_argument("--limit", type=int_at_least(1), help="score at most K articles per domain")
+    p.add_argument("--batch-size", type=int_at_least(1), default=DEFAULT_BATCH_SIZE,
                    help=f"rows per forward pass (default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--familiarity", action="store_true",
                    help="also score the log-likelihood of each source's summaries (self minus others in the table)")
@@ -46,7 +47,7 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), help="default: the run's training dtype")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument("--n-resamples", type=_int_at_least(1), default=2000, help="bootstrap resamples")
+    p.add_argument("--n-resamples", type=int_at_least(1), default=2000, help="bootstrap resamples")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", help="where the table goes (default: the run directory for one run, else the "
                    "deepest directory containing all run directories)")

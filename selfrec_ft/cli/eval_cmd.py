@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from selfrec_ft.cli.common import int_at_least
 from selfrec_ft.errors import UserError
 from selfrec_ft.prompts.templates import DEFAULT_PRESET
 from selfrec_ft.scoring.engine import DEFAULT_BATCH_SIZE
@@ -16,19 +17,6 @@ def _names(value: str | None) -> list[str] | None:
     if value is None:
         return None
     return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def _templates(pairs: list[str] | None) -> dict[str, str]:
@@ -55,17 +43,17 @@ def register(sub) -> None:
     p.add_argument("--others", help="comma-separated other sources (default: every other source)")
     p.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
                    help=f"comma-separated tasks (default: all of {', '.join(TASKS)})")
-    p.add_argument("--skip-first", type=_int_at_least(0), default=0,
+    p.add_argument("--skip-first", type=int_at_least(0), default=0,
                    help="skip the first N articles (the training articles; default 0)")
-    p.add_argument("--limit", type=_int_at_least(1), help="score at most K articles")
+    p.add_argument("--limit", type=int_at_least(1), help="score at most K articles")
     p.add_argument("--prompt-preset", default=DEFAULT_PRESET, help="preset name or YAML template file")
     p.add_argument("--template", action="append", metavar="TASK=TEMPLATE",
                    help="use a variant template for a task, e.g. pairwise-preference=pairwise-preference-worse")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=DEFAULT_BATCH_SIZE,
+    p.add_argument("--batch-size", type=int_at_least(1), default=DEFAULT_BATCH_SIZE,
                    help=f"rows per forward pass (default {DEFAULT_BATCH_SIZE})")
-    p.add_argument("--max-batch-tokens", type=_int_at_least(1),
+    p.add_argument("--max-batch-tokens", type=int_at_least(1),
                    help="also bound rows x padded length of a forward pass (GPU memory)")
-    p.add_argument("--max-length", type=_int_at_least(8),
+    p.add_argument("--max-length", type=int_at_least(8),
                    help="token budget of a prompt + answer; longer articles are shortened "
                    "(default: the model's context length)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
@@ -76,7 +64,7 @@ def register(sub) -> None:
     p.add_argument("--domain", choices=tuple(GENERATION_TEMPLATES),
                    help="dataset domain, recorded in rows; picks the generation template for --familiarity")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument("--n-resamples", type=_int_at_least(1), default=2000, help="bootstrap resamples")
+    p.add_argument("--n-resamples", type=int_at_least(1), default=2000, help="bootstrap resamples")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=run)

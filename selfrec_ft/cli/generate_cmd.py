@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from selfrec_ft.cli.common import int_at_least
 from selfrec_ft.errors import UserError
 from selfrec_ft.generation.clean import DOMAINS
 from selfrec_ft.generation.generate import BACKENDS, generate_summaries
 from selfrec_ft.prompts.templates import DEFAULT_PRESET
-
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def register(sub) -> None:
@@ -41,16 +29,16 @@ def register(sub) -> None:
                    help=f"prompt preset name or YAML path (default {DEFAULT_PRESET})")
     p.add_argument("--domain", choices=DOMAINS, default="short",
                    help="short: one sentence (XSUM-like); highlights: 3-4 lines (CNN/DM-like)")
-    p.add_argument("--max-new-tokens", type=_int_at_least(1), default=100, metavar="T", help="default 100")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=8, metavar="B",
+    p.add_argument("--max-new-tokens", type=int_at_least(1), default=100, metavar="T", help="default 100")
+    p.add_argument("--batch-size", type=int_at_least(1), default=8, metavar="B",
                    help="sequences per batch (default 8; use hundreds with --backend vllm)")
-    p.add_argument("--limit", type=_int_at_least(0), metavar="K", help="only the first K articles")
-    p.add_argument("--max-length", type=_int_at_least(2), metavar="L",
+    p.add_argument("--limit", type=int_at_least(0), metavar="K", help="only the first K articles")
+    p.add_argument("--max-length", type=int_at_least(2), metavar="L",
                    help="prompt + new tokens limit; longer articles are shortened (default: model context)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, metavar="X", help="sampling temperature (default 1.0)")
     p.add_argument("--top-p", type=float, metavar="Y", help="nucleus sampling mass (default 1.0: off)")
-    p.add_argument("--num-return-sequences", type=_int_at_least(1), metavar="K",
+    p.add_argument("--num-return-sequences", type=int_at_least(1), metavar="K",
                    help="candidates per article, recorded as \"candidate\": 0..K-1 (default 1); with K > 1 "
                    "the default output is the corpus's candidates.jsonl")
     p.add_argument("--seed", type=int, metavar="S",

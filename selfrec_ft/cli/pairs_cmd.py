@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 
+from selfrec_ft.cli.common import split_list
 from selfrec_ft.data.corpus import load_corpus
 from selfrec_ft.jsonl import atomic_write_text
 from selfrec_ft.pairs.build import build_pairwise_dataset
 from selfrec_ft.pairs.labels import STRATEGIES
 from selfrec_ft.prompts.templates import DEFAULT_PRESET
-
-
-def split_list(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
 def _pairs(args) -> int:
