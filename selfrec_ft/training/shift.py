@@ -165,13 +165,16 @@ def render_shift_markdown(shift: Mapping[str, Any]) -> str:
              "summaries, after = the DPO model and its greedy summaries, on the same held-out articles. "
              "95% CIs resample articles.", "",
              "## The attribute in the model's own summaries", "",
-             "| domain | before | after | after - before | relative change | n |", "|---|---|---|---|---|---|"]
+             "| domain | before | after | after - before | relative change | n | empty before / after |",
+             "|---|---|---|---|---|---|---|"]
     for dom, a in shift.get("attribute_by_domain", {}).items():
         rc = a.get("relative_change")
         rci = a.get("relative_change_ci95")
         rel = _pct(rc) + (f" [{_pct(rci[0])}, {_pct(rci[1])}]" if rci else "")
         lines.append(f"| {DOMAIN_LABELS.get(dom, dom)} | {_ci(a['before'], digits=2)} | {_ci(a['after'], digits=2)} | "
-                     f"{_ci(a['difference'], digits=2)} | {rel} | {a['n_articles']} |")
+                     f"{_ci(a['difference'], digits=2)} | {rel} | {a['n_articles']} | "
+                     f"{a.get('n_empty_before', '–')} / {a.get('n_empty_after', '–')} |")
+    lines += ["", "An empty summary (the model ended its answer at once) counts as the empty text."]
     for measure in MEASURES:
         doms = {d: v for d, v in shift.get(measure, {}).items() if v}
         if not doms:
