@@ -203,8 +203,9 @@ def parse_args_and_config_strict(parser, argv: Sequence[str] | None = None,
         known = {a.dest for a in parser._actions} | {"env"}
         for key, line in _config_keys_with_lines(config_path).items():
             if key not in known:
-                raise UserError(f'unknown key "{key}" (not a SelfRecDataArguments, SFTConfig, ModelConfig '
-                                f"or EvalHookArguments field)", config_path, line)
+                kinds = [t.__name__ for t in getattr(parser, "dataclass_types", ())]
+                what = ", ".join(kinds[:-1]) + f" or {kinds[-1]}" if len(kinds) > 1 else "".join(kinds) or "known"
+                raise UserError(f'unknown key "{key}" (not a {what} field)', config_path, line)
     parser.error = _raise_user_error  # argparse errors: one line, no usage dump
     try:
         *parsed, remaining = parser.parse_args_and_config(args, return_remaining_strings=True)
