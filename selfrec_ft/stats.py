@@ -164,3 +164,18 @@ def partial_correlation(x: Sequence[float], y: Sequence[float], z: Sequence[floa
     if np.ptp(rx) <= 1e-12 * scale or np.ptp(ry) <= 1e-12 * scale:
         return float("nan")
     return float(sps.pearsonr(rx, ry).statistic)
+
+
+def json_safe(obj):
+    """JSON-safe copy: numpy scalars to Python, non-finite floats to None, tuples to lists."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return finite_or_none(obj)
+    return obj

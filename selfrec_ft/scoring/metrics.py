@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from selfrec_ft.stats import cluster_bootstrap_mean, finite_or_none, safe_kendall
+from selfrec_ft.stats import json_safe, cluster_bootstrap_mean, finite_or_none, safe_kendall
 
 PAIRWISE_TASKS = {"recognition": "pairwise-recognition", "preference": "pairwise-preference"}
 INDIVIDUAL_TASKS = {"recognition": "individual-recognition", "score": "individual-score"}
@@ -368,21 +368,6 @@ def individual_summary(
 KNOWN_TASKS = set(PAIRWISE_TASKS.values()) | set(INDIVIDUAL_TASKS.values())
 
 
-def _clean(obj: Any) -> Any:
-    """JSON-safe copy: numpy scalars to Python, non-finite floats to None, tuples to lists."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return finite_or_none(obj)
-    return obj
-
-
 def _notes(report: Mapping[str, Any], self_sources: list) -> list[str]:
     notes = []
     for name, r in report.get("pairwise", {}).items():
@@ -457,4 +442,4 @@ def compute_report(
                 [r for r in rows if r.get("domain") == d], seed, n_resamples, by_domain=False)
             for d in domains
         }
-    return _clean(report)
+    return json_safe(report)

@@ -399,7 +399,7 @@ def analyse_sweep(sweep_dir: str | os.PathLike, seed: int = 0, n_resamples: int 
         "meta": {"sweep_dir": str(sweep_dir), "seed": seed, "n_resamples": n_resamples,
                  "n_runs": len(runs), "n_done": sum(r["status"] == "done" for r in runs)},
     }
-    analysis = _clean(analysis)
+    analysis = stats.json_safe(analysis)
     if plots:
         from selfrec_ft.sweep.plots import write_plots
 
@@ -407,20 +407,6 @@ def analyse_sweep(sweep_dir: str | os.PathLike, seed: int = 0, n_resamples: int 
     atomic_write_json(sweep_dir / "analysis.json", analysis)
     atomic_write_text(sweep_dir / "report.md", render_analysis_markdown(analysis))
     return analysis
-
-
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return stats.finite_or_none(obj)
-    return obj
 
 
 # ----------------------------------------------------------------------------- markdown
