@@ -828,9 +828,11 @@ def run_attribute_dpo(dpo_args: AttributeDPOArguments, training_args, model_args
     from selfrec_ft.data.corpus import load_corpus
     from selfrec_ft.jsonl import atomic_write_json, atomic_write_text
     from selfrec_ft.training.shift import render_shift_markdown
+    from selfrec_ft.training.threads import use_cpu_cores
 
     run = trainer = accelerator = None
     try:
+        use_cpu_cores(training_args)
         _check_args(dpo_args)
         prop = resolve_attribute(dpo_args.attribute)
         _check_layout(training_args)

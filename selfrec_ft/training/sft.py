@@ -431,10 +431,12 @@ def run_sft(data_args, training_args, model_args, callbacks=(), hook_args=None, 
     from selfrec_ft.jsonl import atomic_write_json
     from selfrec_ft.training import manifest as mf
     from selfrec_ft.training.report import write_training_report
+    from selfrec_ft.training.threads import use_cpu_cores
 
     setup = trainer = accelerator = None
     out = Path(training_args.output_dir)
     try:
+        use_cpu_cores(training_args)
         setup = prepare_sft(data_args, training_args, model_args, callbacks, hook_args)
         trainer, setup.trainer = setup.trainer, None
         accelerator = trainer.accelerator
