@@ -104,6 +104,13 @@ class SelfRecDataArguments:
         metadata={"help": "A summaries.jsonl ({id, source, summary}) added to the corpus: the evaluator's own "
                   "summaries (and any others) for a hub dataset or a corpus that lacks them."},
     )
+    share_prefix: bool = field(
+        default=False,
+        metadata={"help": "Train each article's pairs (both orders, every other source) as one row: the prompt "
+                  "they share up to the first summary is computed once, a 4-D mask keeps the branches apart "
+                  "(same loss and gradients, far fewer tokens). per_device_train_batch_size then counts "
+                  "articles. Needs sdpa or eager attention."},
+    )
     demo_cache: str | None = field(
         default=None,
         metadata={"help": "Where `demo://` models and corpora are built (default: $SELFREC_DEMO_CACHE or "

@@ -60,6 +60,7 @@ class SFTSetup:
     prompt_max_length: int | None
     demo_refs: dict[str, dict[str, str]] = field(default_factory=dict)
     precision_note: str | None = None
+    shared_prefix: dict[str, int] | None = None  # share_prefix: rows and tokens trained vs unshared
 
 
 @dataclass
@@ -318,6 +319,12 @@ def prepare_sft(data_args, training_args, model_args, callbacks=(), hook_args=No
         raise UserError("packing: true merges training examples into blocks; set packing: false")
     if training_args.completion_only_loss is False:
         raise UserError("completion_only_loss: false would train on the prompt; the loss must be on the answer only")
+    if data_args.share_prefix:
+        if training_args.padding_free:
+            raise UserError("share_prefix and padding_free both change the row layout; set padding_free: false")
+        if "flash" in str(model_args.attn_implementation or ""):
+            raise UserError(f"share_prefix needs a custom attention mask, which attn_implementation: "
+                            f"{model_args.attn_implementation} cannot take; use sdpa or eager")
     precision_note = _cpu_precision(training_args)
 
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
@@ -340,15 +347,31 @@ def prepare_sft(data_args, training_args, model_args, callbacks=(), hook_args=No
     hook = hook_from_args(hook_args, data_args, training_args.output_dir, tokenizer, prompt_max)
     if hook is not None:
         callbacks.append(hook)
-    trainer = SFTTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=get_peft_config(model_args), callbacks=callbacks)
+    trainer_cls, collator = SFTTrainer, None
+    if data_args.share_prefix:
+        from selfrec_ft.training.shared_prefix import SharedPrefixCollator, shared_prefix_trainer_class
+
+        trainer_cls, collator = shared_prefix_trainer_class(), SharedPrefixCollator(tokenizer.pad_token_id)
+    trainer = trainer_cls(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
+                          peft_config=get_peft_config(model_args), callbacks=callbacks, data_collator=collator)
     for cb in callbacks:  # the evaluation hook logs through the trainer (report_to sees its metrics)
         if isinstance(cb, SelfRecEvalCallback):
             cb.trainer = trainer
-    if len(trainer.train_dataset) != stats.rows:
-        raise UserError(f"the trainer kept {len(trainer.train_dataset)} of {stats.rows} training examples")
-    verify_completion_mask(trainer.train_dataset, seq.completion_ids)
-    return SFTSetup(trainer, dataset, stats, seq, mode, files, prompt_max, demo_refs, precision_note)
+    shared = None
+    if data_args.share_prefix:
+        from selfrec_ft.training.shared_prefix import verify_packed_completion_mask
+
+        kept = sum(trainer.train_dataset["n_examples"])
+        verify_packed_completion_mask(trainer.train_dataset, seq.completion_ids)
+        shared = {"rows": len(trainer.train_dataset), "examples": kept,
+                  "tokens": sum(len(r) for r in trainer.train_dataset["input_ids"]), "tokens_unshared": sum(seq.lengths)}
+    else:
+        kept = len(trainer.train_dataset)
+    if kept != stats.rows:
+        raise UserError(f"the trainer kept {kept} of {stats.rows} training examples")
+    if not data_args.share_prefix:
+        verify_completion_mask(trainer.train_dataset, seq.completion_ids)
+    return SFTSetup(trainer, dataset, stats, seq, mode, files, prompt_max, demo_refs, precision_note, shared)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -402,6 +425,7 @@ def build_manifest(setup: SFTSetup, data_args, training_args, model_args, resume
                             "min": min(seq.lengths)},
         "completion_tokens": seq.completion_tokens,
         "prompt_not_prefix": seq.prompt_not_prefix,
+        "share_prefix": setup.shared_prefix,
         "seeds": {"label_seed": data_args.label_seed, "seed": training_args.seed,
                   "data_seed": training_args.data_seed},
         "corpus_files": {str(Path(p).resolve()): mf.sha256_file(p) for p in setup.corpus_files},
