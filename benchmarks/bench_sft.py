@@ -2,20 +2,24 @@
 """Training throughput: the SFT recipe's trainer vs a P1-style loop, on the same examples.
 
 * recipe: ``selfrec_ft.training.sft.prepare_sft`` -> TRL ``SFTTrainer``, LoRA (r 16, all linear
-  layers), batch 8 grouped by length, loss on the completion tokens;
+  layers), loss on the completion tokens, as the Llama-2 LoRA recipes train: ``share_prefix`` (each
+  article's 2 x |others| examples in one row, the shared prompt computed once; 8 examples per step);
+* recipe_unshared: the same trainer with one example per row, batch 8 grouped by length;
 * P1 loop: a hand-written loop like Panickssery et al.'s — batch 1, all parameters, AdamW, loss on the
   last token (the label after ``[/INST] ``), full logits.
 
 Model: the ``small`` Llama-architecture model (``make_tiny_model(dir, size="small")``, ~25M
 parameters), float32 on CPU (or the GPU if there is one). Data: pairs from
 ``../shared/data/selfrec/xsum`` (self ``llama2-7b-chat``) when that directory exists, else from a
-synthetic corpus (self ``lead``). Both methods run ``--rounds`` times on the same ``--examples``
-examples, alternating which goes first; each round is timed from its first step to its last and the
-rounds are pooled (setup, tokenization and model loading are not timed).
+synthetic corpus (self ``lead``). The three methods run ``--rounds`` times on the same examples (the
+pairs of the first ``--examples`` / 8 articles: one epoch each), rotating which goes first; each round
+is timed from its first step to its last and the rounds are pooled (setup, tokenization and model
+loading are not timed).
 
     python benchmarks/bench_sft.py [--examples 24] [--rounds 2] [--json OUT]
 
-Prints ``{"examples", "recipe_examples_per_s", "p1_loop_examples_per_s", "speedup", ...}``.
+Prints ``{"examples", "recipe_examples_per_s", "p1_loop_examples_per_s", "speedup", ...}``
+(``speedup`` = recipe / P1 loop; ``speedup_unshared`` = recipe_unshared / P1 loop).
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ class RecipeRunner:
     """The recipe's trainer, built once; :meth:`run` trains ``examples`` examples and returns
     (examples, seconds) from the start of the first step to the end of the last."""
 
-    def __init__(self, model_dir: str, data: tuple, examples: int, out: Path, max_length: int):
+    def __init__(self, model_dir: str, data: tuple, examples: int, out: Path, max_length: int, share_prefix: bool):
         import torch
         from transformers import TrainerCallback
         from trl import ModelConfig, SFTConfig
@@ -75,25 +79,30 @@ class RecipeRunner:
             def on_step_end(self, args, state, control, **kw):
                 self.t.append(time.perf_counter())
 
-        self.clock, self.steps = Clock(), examples // BATCH
+        self.clock = Clock()
         cuda = torch.cuda.is_available()
+        group = 2 * len(others)  # examples of one article
+        rows_per_step = max(1, BATCH // group) if share_prefix else BATCH
         data_args = SelfRecDataArguments(corpus=corpus, self_source=self_source, others=others,
-                                         n_articles=n_articles)
+                                         n_articles=n_articles, share_prefix=share_prefix)
         training_args = SFTConfig(output_dir=str(out), use_cpu=not cuda, bf16=False, activation_checkpointing=False,
-                                  max_length=max_length, per_device_train_batch_size=BATCH, max_steps=self.steps,
-                                  learning_rate=1e-4, lr_scheduler_type="constant", save_strategy="no",
-                                  logging_steps=self.steps, report_to="none", disable_tqdm=True, seed=0,
-                                  train_sampling_strategy="group_by_length")
+                                  max_length=max_length, per_device_train_batch_size=rows_per_step,
+                                  num_train_epochs=1, learning_rate=1e-4, lr_scheduler_type="constant",
+                                  save_strategy="no", logging_steps=10_000, report_to="none", disable_tqdm=True,
+                                  seed=0, train_sampling_strategy="random" if share_prefix else "group_by_length")
         model_args = ModelConfig(model_name_or_path=model_dir, use_peft=True, lora_r=16, lora_alpha=32,
                                  lora_dropout=0.0, lora_target_modules="all-linear", dtype="float32")
         self.setup = prepare_sft(data_args, training_args, model_args, callbacks=[self.clock])
-        rows = len(self.setup.dataset)
-        self.info = {"rows": rows, "batch": BATCH, "mean_tokens": sum(self.setup.sequences.lengths) / rows}
+        self.examples = len(self.setup.dataset)  # one epoch: every example once
+        tokens = sum(self.setup.sequences.lengths)
+        self.info = {"examples": self.examples, "rows_per_step": rows_per_step, "share_prefix": share_prefix,
+                     "mean_tokens_per_example": round(tokens / self.examples, 1),
+                     "tokens_per_epoch": self.setup.shared_prefix["tokens"] if share_prefix else tokens}
 
     def run(self) -> tuple[int, float]:
         self.clock.t = []
         self.setup.trainer.train()
-        return (len(self.clock.t) - 1) * BATCH, self.clock.t[-1] - self.clock.t[0]  # all steps, data loading included
+        return self.examples, self.clock.t[-1] - self.clock.t[0]  # all steps, data loading included
 
 
 class P1Loop:
@@ -154,33 +163,39 @@ def main(argv=None) -> int:
     from selfrec_ft.training.demo_assets import demo_model
 
     model_dir = args.model_dir or str(demo_model("small"))
-    totals = {"recipe": [0, 0.0], "p1": [0, 0.0]}
+    names = ("recipe", "recipe_unshared", "p1")
+    totals = {name: [0, 0.0] for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         data = _corpus_args(Path(tmp), args.examples)
-        runners = {"recipe": RecipeRunner(model_dir, data, args.examples, Path(tmp) / "out", args.max_length),
-                   "p1": P1Loop(model_dir, data, args.examples, args.max_length)}
-        # alternate the order each round so that a machine shared with other jobs slows both alike
+        runners = {"recipe": RecipeRunner(model_dir, data, args.examples, Path(tmp) / "out", args.max_length, True),
+                   "recipe_unshared": RecipeRunner(model_dir, data, args.examples, Path(tmp) / "out_unshared",
+                                                   args.max_length, False)}
+        runners["p1"] = P1Loop(model_dir, data, runners["recipe"].examples, args.max_length)
+        # rotate the order each round so that a machine shared with other jobs slows all alike
         for r in range(args.rounds):
-            for name in (("recipe", "p1") if r % 2 == 0 else ("p1", "recipe")):
+            for name in names[r % 3:] + names[:r % 3]:
                 n, sec = runners[name].run()
                 totals[name][0] += n
                 totals[name][1] += sec
         info = runners["recipe"].info
-    recipe = totals["recipe"][0] / totals["recipe"][1]
-    p1 = totals["p1"][0] / totals["p1"][1]
+        info_unshared = runners["recipe_unshared"].info
+    rate = {name: totals[name][0] / totals[name][1] for name in names}
     result = {
-        "examples": args.examples,
+        "examples": runners["recipe"].examples,
         "rounds": args.rounds,
-        "measured_examples": {"recipe": totals["recipe"][0], "p1_loop": totals["p1"][0]},
-        "recipe_examples_per_s": round(recipe, 3),
-        "p1_loop_examples_per_s": round(p1, 3),
-        "speedup": round(recipe / p1, 2),
+        "measured_examples": {"recipe": totals["recipe"][0], "recipe_unshared": totals["recipe_unshared"][0],
+                              "p1_loop": totals["p1"][0]},
+        "recipe_examples_per_s": round(rate["recipe"], 3),
+        "recipe_unshared_examples_per_s": round(rate["recipe_unshared"], 3),
+        "p1_loop_examples_per_s": round(rate["p1"], 3),
+        "speedup": round(rate["recipe"] / rate["p1"], 2),
+        "speedup_unshared": round(rate["recipe_unshared"] / rate["p1"], 2),
         "data": data[4],
         "model": "small",
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "torch_threads": torch.get_num_threads(),
-        "recipe": {"lora": "r16 all-linear", "sampler": "group_by_length", "activation_checkpointing": False,
-                   **info},
+        "recipe": {"lora": "r16 all-linear", "activation_checkpointing": False, **info},
+        "recipe_unshared": {"sampler": "group_by_length", **info_unshared},
         "p1_loop": {"batch": 1, "params": "all", "optimizer": "torch AdamW", "loss": "last token"},
     }
     text = json.dumps(result, indent=2)
