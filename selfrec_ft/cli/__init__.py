@@ -45,4 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    if "torch.distributed" in sys.modules:  # e.g. `accelerate launch -m selfrec_ft eval ...`
+        from selfrec_ft.scoring.engine import release_distributed
+
+        release_distributed()  # a process group left to the interpreter's exit can abort a rank
     return int(rc or 0)
