@@ -357,20 +357,18 @@ def prepare_sft(data_args, training_args, model_args, callbacks=(), hook_args=No
     for cb in callbacks:  # the evaluation hook logs through the trainer (report_to sees its metrics)
         if isinstance(cb, SelfRecEvalCallback):
             cb.trainer = trainer
-    shared = None
+    prepared, shared = trainer.train_dataset, None
+    kept = sum(prepared["n_examples"]) if data_args.share_prefix else len(prepared)
+    if kept != stats.rows:
+        raise UserError(f"the trainer kept {kept} of {stats.rows} training examples")
     if data_args.share_prefix:
         from selfrec_ft.training.shared_prefix import verify_packed_completion_mask
 
-        kept = sum(trainer.train_dataset["n_examples"])
-        verify_packed_completion_mask(trainer.train_dataset, seq.completion_ids)
-        shared = {"rows": len(trainer.train_dataset), "examples": kept,
-                  "tokens": sum(len(r) for r in trainer.train_dataset["input_ids"]), "tokens_unshared": sum(seq.lengths)}
+        verify_packed_completion_mask(prepared, seq.completion_ids)
+        shared = {"rows": len(prepared), "examples": kept, "tokens": sum(len(r) for r in prepared["input_ids"]),
+                  "tokens_unshared": sum(seq.lengths)}
     else:
-        kept = len(trainer.train_dataset)
-    if kept != stats.rows:
-        raise UserError(f"the trainer kept {kept} of {stats.rows} training examples")
-    if not data_args.share_prefix:
-        verify_completion_mask(trainer.train_dataset, seq.completion_ids)
+        verify_completion_mask(prepared, seq.completion_ids)
     return SFTSetup(trainer, dataset, stats, seq, mode, files, prompt_max, demo_refs, precision_note, shared)
 
 
