@@ -31,7 +31,6 @@ and measures itself again after training.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -828,6 +827,7 @@ def run_attribute_dpo(dpo_args: AttributeDPOArguments, training_args, model_args
     from selfrec_ft.data.corpus import load_corpus
     from selfrec_ft.jsonl import atomic_write_json, atomic_write_text
     from selfrec_ft.training.shift import render_shift_markdown
+    from selfrec_ft.training.teardown import release
     from selfrec_ft.training.threads import use_cpu_cores
 
     run = trainer = accelerator = None
@@ -861,12 +861,5 @@ def run_attribute_dpo(dpo_args: AttributeDPOArguments, training_args, model_args
         trainer = None
         if run is not None:
             run.model = None
-        if accelerator is not None:
-            accelerator.free_memory()
-        gc.collect()
-        if teardown:
-            if accelerator is not None:
-                accelerator.end_training()
-            else:
-                PartialState().destroy_process_group()
+        release(accelerator, teardown)
     return DPOResult(Path(training_args.output_dir), shift, markdown, step, trained_now, is_main_process=is_main)

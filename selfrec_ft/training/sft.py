@@ -17,7 +17,6 @@ to inspect it; :func:`run_sft` is prepare + train + save + teardown.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 from collections import Counter
@@ -453,6 +452,7 @@ def run_sft(data_args, training_args, model_args, callbacks=(), hook_args=None, 
     from selfrec_ft.jsonl import atomic_write_json
     from selfrec_ft.training import manifest as mf
     from selfrec_ft.training.report import write_training_report
+    from selfrec_ft.training.teardown import release
     from selfrec_ft.training.threads import use_cpu_cores
 
     setup = trainer = accelerator = None
@@ -491,12 +491,5 @@ def run_sft(data_args, training_args, model_args, callbacks=(), hook_args=None, 
         trainer = None
         if setup is not None:
             setup.trainer = None
-        if accelerator is not None:
-            accelerator.free_memory()  # drops the accelerator's own references to model/optimizer
-        gc.collect()
-        if teardown:
-            if accelerator is not None:
-                accelerator.end_training()
-            else:
-                PartialState().destroy_process_group()
+        release(accelerator, teardown)
     return SFTResult(out, setup.mode, global_step, metrics, setup.stats, manifest, resume, is_main_process=is_main)
