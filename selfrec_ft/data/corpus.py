@@ -15,8 +15,7 @@ from typing import Any
 from selfrec_ft.errors import UserError
 from selfrec_ft.jsonl import atomic_write_text, iter_jsonl
 
-ARTICLES_FILE = "articles.jsonl"
-SUMMARIES_FILE = "summaries.jsonl"
+from selfrec_ft.defaults import ARTICLES_FILE, SUMMARIES_FILE  # noqa: F401
 
 
 @dataclass(frozen=True)

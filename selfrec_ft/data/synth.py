@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from selfrec_ft.data.corpus import Article, Corpus
 
-DOMAINS = ("short", "highlights")
+from selfrec_ft.defaults import GENERATION_DOMAINS as DOMAINS  # noqa: E402
 
 FIRST = ["Alice", "Omar", "Priya", "Tomas", "Mei", "Kwame", "Sofia", "Lars", "Nadia", "Diego", "Hana",
          "Felix", "Amara", "Ivan", "Chloe", "Ravi", "Elena", "Jonah", "Leila", "Marco", "Yuki", "Bram"]

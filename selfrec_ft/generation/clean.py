@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-DOMAINS = ("short", "highlights")
+from selfrec_ft.defaults import GENERATION_DOMAINS as DOMAINS  # noqa: E402
 
 _ACK = re.compile(r"^(?:sure|certainly|okay|ok|of course|absolutely)[!.,:]+\s*", re.I)
 _HERE = re.compile(

@@ -45,7 +45,7 @@ from selfrec_ft.jsonl import JsonlAppender, read_jsonl_rows
 from selfrec_ft.prompts.templates import DEFAULT_PRESET, load_preset, render_generation_prompt
 
 CANDIDATES_FILE = "candidates.jsonl"
-BACKENDS = ("hf", "vllm")
+from selfrec_ft.defaults import GENERATION_BACKENDS as BACKENDS  # noqa: E402
 VLLM_INSTALL_HINT = "the vllm backend needs vLLM, which is not installed: pip install vllm (CUDA GPU only)"
 
 

@@ -24,9 +24,8 @@ from __future__ import annotations
 import random
 import re
 
-STRATEGIES = ("self", "other", "always_1", "random", "length", "vowelcount", "readability")
-CONTROL_QUESTIONS = {"length": "pairwise-length", "vowelcount": "pairwise-vowelcount",
-                     "readability": "pairwise-readability"}
+from selfrec_ft.defaults import CONTROL_QUESTIONS  # noqa: F401
+from selfrec_ft.defaults import LABEL_STRATEGIES as STRATEGIES
 _VOWELS = re.compile(r"[aeiouAEIOU]")
 
 

@@ -19,10 +19,7 @@ import yaml
 
 from selfrec_ft.errors import UserError
 
-DEFAULT_PRESET = "panickssery2024"
-PAIRWISE_TASKS = ("pairwise-recognition", "pairwise-preference")
-INDIVIDUAL_TASKS = ("individual-recognition", "individual-score")
-CONTROL_TASKS = ("pairwise-length", "pairwise-vowelcount", "pairwise-readability")
+from selfrec_ft.defaults import CONTROL_TASKS, DEFAULT_PRESET, INDIVIDUAL_TASKS, PAIRWISE_TASKS  # noqa: F401
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-DEFAULT_BATCH_SIZE = 16
+from selfrec_ft.defaults import DEFAULT_BATCH_SIZE  # noqa: F401
 
 
 @dataclass

@@ -24,9 +24,7 @@ from selfrec_ft.prompts.templates import DEFAULT_PRESET
 from selfrec_ft.scoring.engine import DEFAULT_BATCH_SIZE, distributed_state, score_requests
 from selfrec_ft.scoring.items import FAMILIARITY, TASKS, ScoringItem, build_items, result_row, row_key
 
-EXAMPLES_FILE = "examples.jsonl"
-REPORT_JSON = "report.json"
-REPORT_MD = "report.md"
+from selfrec_ft.defaults import EXAMPLES_FILE, REPORT_JSON, REPORT_MD  # noqa: E402
 CONFIG_FILE = "eval_config.json"
 DEFAULT_TASKS = TASKS
 CHUNK_ITEMS = 256

@@ -38,9 +38,7 @@ from selfrec_ft.prompts.templates import (
 )
 from selfrec_ft.scoring.engine import ScoreRequest
 
-TASKS = PAIRWISE_TASKS + INDIVIDUAL_TASKS
-FAMILIARITY = "familiarity"
-GENERATION_TEMPLATES = {"short": "generate-short", "highlights": "generate-highlights"}
+from selfrec_ft.defaults import FAMILIARITY, GENERATION_TEMPLATES, TASKS  # noqa: E402,F401
 ORDERS = ("forward", "backward")
 
 

@@ -34,7 +34,7 @@ from selfrec_ft.errors import UserError
 from selfrec_ft.jsonl import iter_jsonl
 from selfrec_ft.scoring.metrics import INDIVIDUAL_TASKS, ORDERS, PAIRWISE_TASKS, compute_report
 
-FORMATS = ("selfrec", "p1")
+from selfrec_ft.defaults import REPORT_FORMATS as FORMATS  # noqa: E402
 P1_SOURCE_NAMES = {"llama": "llama2-7b-chat"}
 P1_EVALUATOR = "llama"
 P1_DOMAINS = ("xsum", "cnn")

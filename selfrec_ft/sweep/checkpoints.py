@@ -41,7 +41,7 @@ from selfrec_ft.errors import UserError
 from selfrec_ft.jsonl import atomic_write_json, atomic_write_text, read_jsonl_rows
 
 DOMAINS = ("in_domain", "out_of_domain")
-DEFAULT_EVAL_TASKS = ("pairwise-recognition", "pairwise-preference")
+from selfrec_ft.defaults import DEFAULT_HOOK_TASKS as DEFAULT_EVAL_TASKS  # noqa: E402
 TABLE_JSON = "eval_checkpoints.json"
 TABLE_MD = "eval_checkpoints.md"
 EVAL_SUBDIR = "eval"

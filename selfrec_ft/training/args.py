@@ -24,7 +24,7 @@ from selfrec_ft.errors import UserError
 from selfrec_ft.pairs.labels import STRATEGIES
 from selfrec_ft.prompts.templates import DEFAULT_PRESET
 
-DEFAULT_HOOK_TASKS = ("pairwise-recognition", "pairwise-preference")
+from selfrec_ft.defaults import DEFAULT_HOOK_TASKS  # noqa: E402
 
 
 def split_list(value) -> list[str] | None:

@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 SELF_BEFORE = "self-before-dpo"
 SELF_AFTER = "self-after-dpo"
 SAMPLED = "self-sampled"
-DIRECTIONS = ("inject", "remove")
+from selfrec_ft.defaults import DPO_DIRECTIONS as DIRECTIONS  # noqa: E402
 EVAL_TASKS = ("pairwise-recognition", "pairwise-preference")
 CANDIDATES_DIR = "candidates"
 SUMMARIES_DIR = "summaries"

@@ -25,7 +25,7 @@ from selfrec_ft.scoring.engine import score_requests
 from selfrec_ft.scoring.items import ScoringItems, build_items, result_row
 from selfrec_ft.scoring.metrics import compute_report
 
-HOOK_FILE = "selfrec_hook.jsonl"
+from selfrec_ft.defaults import HOOK_FILE  # noqa: E402
 DOMAINS = ("in_domain", "out_of_domain")
 MEASURES = {"pairwise-recognition": "recognition", "pairwise-preference": "preference"}
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_FILE = "resolved_config.yaml"
-MANIFEST_FILE = "training_manifest.json"
+from selfrec_ft.defaults import MANIFEST_FILE  # noqa: E402
 LIBRARIES = ("selfrec_ft", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes",
              "tokenizers")
 

@@ -1,0 +1,50 @@
+"""Constants that commands need when they register, with no dependency beyond the standard library.
+
+Like lm-evaluation-harness's ``lm_eval/defaults.py``: the ``selfrec`` front door reads its choices
+and defaults from here, so building its parser imports neither torch nor transformers, scipy,
+scikit-learn, matplotlib or datasets. The modules that implement a name re-export it from here;
+never define one of these values a second time.
+"""
+
+from __future__ import annotations
+
+# ---------------------------------------------------------------------------------------- tasks
+PAIRWISE_TASKS = ("pairwise-recognition", "pairwise-preference")
+INDIVIDUAL_TASKS = ("individual-recognition", "individual-score")
+CONTROL_TASKS = ("pairwise-length", "pairwise-vowelcount", "pairwise-readability")
+TASKS = PAIRWISE_TASKS + INDIVIDUAL_TASKS
+"""Tasks an evaluation scores (control questions are training-time questions only)."""
+FAMILIARITY = "familiarity"
+"""Mean token log-likelihood of each source's summary given the domain's generation prompt."""
+DEFAULT_TASKS = TASKS
+DEFAULT_HOOK_TASKS = PAIRWISE_TASKS
+"""Tasks of the training hook, eval-checkpoints and sweeps: recognition and preference."""
+MEASURES = {"pairwise-recognition": "recognition", "pairwise-preference": "preference"}
+
+# ------------------------------------------------------------------------------ prompts and data
+DEFAULT_PRESET = "panickssery2024"
+GENERATION_DOMAINS = ("short", "highlights")
+"""Summary styles: ``short`` (XSUM-like, one sentence) and ``highlights`` (CNN/DailyMail-like)."""
+GENERATION_TEMPLATES = {"short": "generate-short", "highlights": "generate-highlights"}
+LABEL_STRATEGIES = ("self", "other", "always_1", "random", "length", "vowelcount", "readability")
+CONTROL_QUESTIONS = {"length": "pairwise-length", "vowelcount": "pairwise-vowelcount",
+                     "readability": "pairwise-readability"}
+ARTICLES_FILE = "articles.jsonl"
+SUMMARIES_FILE = "summaries.jsonl"
+
+# -------------------------------------------------------------------------------------- scoring
+DEFAULT_BATCH_SIZE = 16
+DTYPE_CHOICES = ("float32", "bfloat16")
+"""Dtypes a user picks on the command line (``models.loading.DTYPES`` also knows aliases)."""
+DOMAIN_KEYS = ("in_domain", "out_of_domain")
+REPORT_FORMATS = ("selfrec", "p1")
+EXAMPLES_FILE = "examples.jsonl"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+
+# ---------------------------------------------------------------------------- models and training
+TINY_SIZES = ("tiny", "demo", "small")
+GENERATION_BACKENDS = ("hf", "vllm")
+DPO_DIRECTIONS = ("inject", "remove")
+MANIFEST_FILE = "training_manifest.json"
+HOOK_FILE = "selfrec_hook.jsonl"
