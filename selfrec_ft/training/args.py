@@ -1,6 +1,6 @@
 """Arguments of the SFT recipe and a strict front end for ``trl.TrlParser``.
 
-The recipe parses four dataclasses with one ``TrlParser``: :class:`SelfRecDataArguments` (what to
+The SFT recipe parses four dataclasses with one ``TrlParser``: :class:`SelfRecDataArguments` (what to
 train on), ``trl.SFTConfig`` (how), ``trl.ModelConfig`` (which model; LoRA / QLoRA) and
 :class:`EvalHookArguments` (evaluation while training). Field names must not collide across the four
 (argparse would refuse them), hence ``prompt_max_length`` here next to ``SFTConfig.max_length``.
@@ -9,6 +9,9 @@ train on), ``trl.SFTConfig`` (how), ``trl.ModelConfig`` (which model; LoRA / QLo
 YAML key or command-line flag, a malformed YAML file or a value a dataclass rejects raises
 :class:`~selfrec_ft.errors.UserError` (one line, naming the file and line) instead of a traceback,
 and so that a missing ``--config`` falls back to a default config file.
+
+:class:`AttributeDPOArguments` are the attribute-DPO recipe's own arguments (beside ``DPOConfig``,
+``ModelConfig`` and :class:`EvalHookArguments`): every recipe dataclass lives in this module.
 """
 
 from __future__ import annotations
@@ -20,11 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from selfrec_ft.defaults import DEFAULT_HOOK_TASKS, DEFAULT_PRESET, DPO_DIRECTIONS, GENERATION_DOMAINS
+from selfrec_ft.defaults import LABEL_STRATEGIES as STRATEGIES
 from selfrec_ft.errors import UserError
-from selfrec_ft.pairs.labels import STRATEGIES
-from selfrec_ft.prompts.templates import DEFAULT_PRESET
-
-from selfrec_ft.defaults import DEFAULT_HOOK_TASKS  # noqa: E402
 
 
 def split_list(value) -> list[str] | None:
@@ -149,6 +150,98 @@ class EvalHookArguments:
     def __post_init__(self) -> None:
         self.hook_tasks = split_list(self.hook_tasks) or list(DEFAULT_HOOK_TASKS)
         self.hook_others = split_list(self.hook_others)
+
+
+@dataclass
+class AttributeDPOArguments:
+    """What attribute DPO trains on and how the shift is measured (fields must not collide with
+    ``DPOConfig``, ``ModelConfig`` or ``EvalHookArguments``)."""
+
+    attribute: str = field(
+        default="lengthy",
+        metadata={"help": "P2 property to inject or remove: exact P2 name, slug or index (a property with a "
+                  "deterministic measure: lengthy, well_formatted, informal, non_repetitive, complex_language)."},
+    )
+    direction: str = field(
+        default="inject",
+        metadata={"help": "inject: chosen summaries have more of the attribute; remove: less.",
+                  "choices": list(DPO_DIRECTIONS)},
+    )
+    corpus: str | None = field(
+        default=None,
+        metadata={"help": "In-domain corpus directory: training articles (the first n_articles) and held-out "
+                  "evaluation articles (the rest). `demo://short` builds the demo corpus."},
+    )
+    out_of_domain: str | None = field(
+        default=None,
+        metadata={"help": "Out-of-domain corpus directory (all its articles are held out). `demo://highlights` "
+                  "allowed. Leave empty to measure in-domain only."},
+    )
+    in_domain_style: str = field(
+        default="short", metadata={"help": "Generation template of the in-domain corpus (short: XSUM-like, "
+                                   "highlights: CNN-like).", "choices": list(GENERATION_DOMAINS)})
+    out_of_domain_style: str = field(
+        default="highlights", metadata={"help": "Generation template of the out-of-domain corpus.",
+                                        "choices": list(GENERATION_DOMAINS)})
+    self_source: str | None = field(
+        default=None,
+        metadata={"help": "The evaluator's own summaries already in the corpora (e.g. llama2-7b-chat), if any: "
+                  "left out of the default others (its fresh greedy summaries stand in for it) and used as the "
+                  "self source of the evaluation hook."},
+    )
+    others: list[str] | None = field(
+        default=None,
+        metadata={"help": "Other sources the self summaries are judged against (a list or a comma-separated "
+                  "string). Default: every corpus source but self_source."},
+    )
+    n_articles: int = field(default=500, metadata={"help": "Train on the first N in-domain articles; evaluate "
+                                                   "on the articles after them."})
+    num_candidates: int = field(default=8, metadata={"help": "Sampled candidate summaries per training article (K)."})
+    sample_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the candidates."})
+    sample_top_p: float = field(default=1.0, metadata={"help": "Nucleus (top-p) filter of the candidates."})
+    sample_seed: int = field(default=0, metadata={"help": "Seed of the candidates (each has its own generator)."})
+    min_gap: float = field(default=0.0, metadata={"help": "Smallest attribute gap of a DPO pair (in the "
+                                                  "attribute's unit), beyond P2's comparison rule."})
+    gap_weight: float = field(default=0.25, metadata={"help": "Reward for a larger attribute gap in the pair "
+                                                      "choice (select_dpo_pairs)."})
+    pairs_per_article: int = field(default=1, metadata={"help": "DPO pairs per training article."})
+    match_controls: list[str] | None = field(
+        default=None, metadata={"help": "Properties to keep equal within a pair (default: every other "
+                                "deterministic property)."})
+    max_new_tokens: int = field(default=100, metadata={"help": "Generation budget of every summary (P1: 100-140)."})
+    drop_truncated: bool = field(
+        default=True,
+        metadata={"help": "Leave candidates that ran into max_new_tokens (their text re-tokenizes to max_new_tokens "
+                  "tokens or more) out of the pairs: they are cut-off text, not summaries the model ended, and a "
+                  "DPO pair would show them ending with EOS."},
+    )
+    generation_batch_size: int = field(default=8, metadata={"help": "Sequences per generation batch."})
+    generation_max_length: int | None = field(
+        default=None,
+        metadata={"help": "Bound on prompt + max_new_tokens at generation; longer articles are shortened (never "
+                  "summaries). Default: DPOConfig.max_length - 8 (so every pair fits the DPO max_length), at "
+                  "most the model's context."},
+    )
+    eval_limit: int | None = field(
+        default=100, metadata={"help": "Held-out articles per domain for the before/after measurements (None: all)."})
+    score_batch_size: int = field(default=8, metadata={"help": "Scoring batch size of the before/after evaluation."})
+    bootstrap_resamples: int = field(default=2000, metadata={"help": "Bootstrap resamples of every CI."})
+    prompt_preset: str = field(
+        default=DEFAULT_PRESET,
+        metadata={"help": "Prompt preset name (panickssery2024, panickssery2024-exact) or a preset YAML path."},
+    )
+    sft_adapter: str | None = field(
+        default=None,
+        metadata={"help": "A LoRA adapter from the SFT recipe to start from: it is trained further (its LoRA "
+                  "settings apply, not ModelConfig's) against a frozen copy of itself as the reference."},
+    )
+    demo_cache: str | None = field(
+        default=None, metadata={"help": "Where `demo://` models and corpora are built (default: "
+                                "$SELFREC_DEMO_CACHE or ~/.cache/selfrec_ft/demo)."})
+
+    def __post_init__(self) -> None:
+        self.others = split_list(self.others)
+        self.match_controls = split_list(self.match_controls)
 
 
 # --------------------------------------------------------------------------------------------------

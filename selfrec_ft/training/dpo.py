@@ -41,7 +41,7 @@ from typing import Any
 from selfrec_ft.errors import UserError
 from selfrec_ft.generation.clean import DOMAINS as STYLES
 from selfrec_ft.prompts.templates import DEFAULT_PRESET
-from selfrec_ft.training.args import split_list
+from selfrec_ft.training.args import AttributeDPOArguments, split_list  # noqa: F401 (re-export)
 
 logger = logging.getLogger(__name__)
 
@@ -62,98 +62,6 @@ COMPLETION_MARGIN = 8
 """Tokens kept free beyond ``max_new_tokens`` when the DPO ``max_length`` bounds generation: a
 re-rendered completion adds the chat template's spacing and EOS."""
 TRL_COLUMNS = ("prompt", "chosen", "rejected")
-
-
-@dataclass
-class AttributeDPOArguments:
-    """What attribute DPO trains on and how the shift is measured (fields must not collide with
-    ``DPOConfig``, ``ModelConfig`` or ``EvalHookArguments``)."""
-
-    attribute: str = field(
-        default="lengthy",
-        metadata={"help": "P2 property to inject or remove: exact P2 name, slug or index (a property with a "
-                  "deterministic measure: lengthy, well_formatted, informal, non_repetitive, complex_language)."},
-    )
-    direction: str = field(
-        default="inject",
-        metadata={"help": "inject: chosen summaries have more of the attribute; remove: less.",
-                  "choices": list(DIRECTIONS)},
-    )
-    corpus: str | None = field(
-        default=None,
-        metadata={"help": "In-domain corpus directory: training articles (the first n_articles) and held-out "
-                  "evaluation articles (the rest). `demo://short` builds the demo corpus."},
-    )
-    out_of_domain: str | None = field(
-        default=None,
-        metadata={"help": "Out-of-domain corpus directory (all its articles are held out). `demo://highlights` "
-                  "allowed. Leave empty to measure in-domain only."},
-    )
-    in_domain_style: str = field(
-        default="short", metadata={"help": "Generation template of the in-domain corpus (short: XSUM-like, "
-                                   "highlights: CNN-like).", "choices": list(STYLES)})
-    out_of_domain_style: str = field(
-        default="highlights", metadata={"help": "Generation template of the out-of-domain corpus.",
-                                        "choices": list(STYLES)})
-    self_source: str | None = field(
-        default=None,
-        metadata={"help": "The evaluator's own summaries already in the corpora (e.g. llama2-7b-chat), if any: "
-                  "left out of the default others (its fresh greedy summaries stand in for it) and used as the "
-                  "self source of the evaluation hook."},
-    )
-    others: list[str] | None = field(
-        default=None,
-        metadata={"help": "Other sources the self summaries are judged against (a list or a comma-separated "
-                  "string). Default: every corpus source but self_source."},
-    )
-    n_articles: int = field(default=500, metadata={"help": "Train on the first N in-domain articles; evaluate "
-                                                   "on the articles after them."})
-    num_candidates: int = field(default=8, metadata={"help": "Sampled candidate summaries per training article (K)."})
-    sample_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the candidates."})
-    sample_top_p: float = field(default=1.0, metadata={"help": "Nucleus (top-p) filter of the candidates."})
-    sample_seed: int = field(default=0, metadata={"help": "Seed of the candidates (each has its own generator)."})
-    min_gap: float = field(default=0.0, metadata={"help": "Smallest attribute gap of a DPO pair (in the "
-                                                  "attribute's unit), beyond P2's comparison rule."})
-    gap_weight: float = field(default=0.25, metadata={"help": "Reward for a larger attribute gap in the pair "
-                                                      "choice (select_dpo_pairs)."})
-    pairs_per_article: int = field(default=1, metadata={"help": "DPO pairs per training article."})
-    match_controls: list[str] | None = field(
-        default=None, metadata={"help": "Properties to keep equal within a pair (default: every other "
-                                "deterministic property)."})
-    max_new_tokens: int = field(default=100, metadata={"help": "Generation budget of every summary (P1: 100-140)."})
-    drop_truncated: bool = field(
-        default=True,
-        metadata={"help": "Leave candidates that ran into max_new_tokens (their text re-tokenizes to max_new_tokens "
-                  "tokens or more) out of the pairs: they are cut-off text, not summaries the model ended, and a "
-                  "DPO pair would show them ending with EOS."},
-    )
-    generation_batch_size: int = field(default=8, metadata={"help": "Sequences per generation batch."})
-    generation_max_length: int | None = field(
-        default=None,
-        metadata={"help": "Bound on prompt + max_new_tokens at generation; longer articles are shortened (never "
-                  "summaries). Default: DPOConfig.max_length - 8 (so every pair fits the DPO max_length), at "
-                  "most the model's context."},
-    )
-    eval_limit: int | None = field(
-        default=100, metadata={"help": "Held-out articles per domain for the before/after measurements (None: all)."})
-    score_batch_size: int = field(default=8, metadata={"help": "Scoring batch size of the before/after evaluation."})
-    bootstrap_resamples: int = field(default=2000, metadata={"help": "Bootstrap resamples of every CI."})
-    prompt_preset: str = field(
-        default=DEFAULT_PRESET,
-        metadata={"help": "Prompt preset name (panickssery2024, panickssery2024-exact) or a preset YAML path."},
-    )
-    sft_adapter: str | None = field(
-        default=None,
-        metadata={"help": "A LoRA adapter from the SFT recipe to start from: it is trained further (its LoRA "
-                  "settings apply, not ModelConfig's) against a frozen copy of itself as the reference."},
-    )
-    demo_cache: str | None = field(
-        default=None, metadata={"help": "Where `demo://` models and corpora are built (default: "
-                                "$SELFREC_DEMO_CACHE or ~/.cache/selfrec_ft/demo)."})
-
-    def __post_init__(self) -> None:
-        self.others = split_list(self.others)
-        self.match_controls = split_list(self.match_controls)
 
 
 # --------------------------------------------------------------------------------------------------
