@@ -357,7 +357,8 @@ def test_two_process_cpu_ddp_run(tiny_model_dir, short_corpus_dir, tmp_path):
 def test_recognition_rises_with_training_through_the_hook(tiny_model_dir, tmp_path):
     """A self source with a recognisable style (every summary opens "Briefly,"), the compact preset
     and a self-labelled full fine-tune long enough to leave the tiny model's chance plateau (the digit
-    is learnt after ~90 steps): held-out in-domain recognition, measured by the hook, rises."""
+    is learnt after 90-250 steps, depending on the CPU's float rounding): held-out in-domain recognition,
+    measured by the hook, rises."""
     from selfrec_ft.data.corpus import write_corpus
     from selfrec_ft.data.synth import synth_corpus
     from selfrec_ft.training.args import EvalHookArguments
@@ -368,8 +369,8 @@ def test_recognition_rises_with_training_through_the_hook(tiny_model_dir, tmp_pa
     corpus_dir = write_corpus(corpus, tmp_path / "corpus")
     out = tmp_path / "rise"
     data_args, training_args, model_args = _args(
-        tiny_model_dir, corpus_dir, out, n_articles=14, max_steps=160, per_device_train_batch_size=8,
-        learning_rate=3e-3, save_strategy="steps", save_steps=80, logging_steps=20)
+        tiny_model_dir, corpus_dir, out, n_articles=14, max_steps=320, per_device_train_batch_size=8,
+        learning_rate=3e-3, save_strategy="steps", save_steps=160, logging_steps=40)
     model_args.use_peft = False
     data_args.prompt_preset = "compact"
     data_args.self_source, data_args.others = "me", ["lead"]
@@ -377,7 +378,7 @@ def test_recognition_rises_with_training_through_the_hook(tiny_model_dir, tmp_pa
                                   hook_tasks="pairwise-recognition,pairwise-preference")
     run_sft(data_args, training_args, model_args, hook_args=hook_args, teardown=False)
     report = json.loads((out / "report.json").read_text())
-    assert [c["step"] for c in report["checkpoints"]] == [80, 160]
+    assert [c["step"] for c in report["checkpoints"]] == [160, 320]
     base = report["baseline"]["in_domain"]["recognition"]
     final = report["final"]["in_domain"]["recognition"]
     assert base["n"] == final["n"] == 6  # the 6 held-out articles x 1 other source
