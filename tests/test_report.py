@@ -165,13 +165,17 @@ def test_selfrec_reader_rejects_bad_rows_and_hints_p1(tmp_path):
 
 
 def test_render_markdown_tables():
-    rep = compute_report(selfrec_rows(), n_resamples=100)
+    # twice the articles (6): an interval needs at least 5 articles
+    rows = selfrec_rows() + [dict(r, article_id=r["article_id"] + "b") for r in selfrec_rows()]
+    rep = compute_report(rows, n_resamples=100)
     md = render_markdown(rep)
     rec = rep["pairwise"]["recognition"]
     assert "| task | mean | 95% CI |" in md
     assert f"| recognition | {rec['mean']:.3f} | [{rec['ci95'][0]:.3f}, {rec['ci95'][1]:.3f}] |" in md
     assert "| recognition | human |" in md and "| preference | gpt4 |" in md
     assert "consistent self" in md and "Kendall τ" in md
+    few = compute_report(selfrec_rows(), n_resamples=100)  # 3 articles: no interval
+    assert f"| recognition | {few['pairwise']['recognition']['mean']:.3f} | – (< 5 articles) |" in render_markdown(few)
 
 
 def run_cli(argv):

@@ -45,6 +45,7 @@ P1_PAIRWISE_FIELDS = {
     ("pairwise-preference", "backward"): "backward_comparison_output",
 }
 SCORE_OPTIONS = ("1", "2", "3", "4", "5")
+MIN_CLUSTERS_CI_TEXT = "< 5 articles"
 
 # ----------------------------------------------------------------------------- reading
 
@@ -263,14 +264,15 @@ def _f(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
-def _p(p: float | None) -> str:
-    if p is None:
-        return "= –"
-    return "< 1e-16" if p < 1e-16 else f"= {p:.2g}"
+def _ci(ci: Sequence[float] | None, note: str | None = None) -> str:
+    if ci:
+        return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+    return f"– ({MIN_CLUSTERS_CI_TEXT})" if note else "–"
 
 
-def _ci(ci: Sequence[float] | None) -> str:
-    return "–" if not ci else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+def _ci_of(block: Mapping[str, Any], key: str = "ci95") -> str:
+    """A block's interval cell; "– (< 5 articles)" when it was left out for too few articles."""
+    return _ci(block.get(key), block.get("ci_note"))
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -294,12 +296,12 @@ def _render_body(report: Mapping[str, Any], level: int) -> list[str]:
                   "95% CI: bootstrap over articles.", ""]
         lines += _table(
             ["task", "mean", "95% CI", "mean (raw p)", "accuracy", "n", "invalid", "option mass"],
-            [[t, _f(pw[t]["mean"]), _ci(pw[t]["ci95"]), _f(pw[t]["mean_raw"]), _f(pw[t]["accuracy"]),
+            [[t, _f(pw[t]["mean"]), _ci_of(pw[t]), _f(pw[t]["mean_raw"]), _f(pw[t]["accuracy"]),
               _f(pw[t]["n"]), _f(pw[t]["invalid"]), _f(pw[t]["mean_option_mass"])] for t in tasks])
         lines += ["", f"{h}# Per other source", ""]
         lines += _table(
             ["task", "other source", "mean", "95% CI", "mean (raw p)", "accuracy", "n", "invalid"],
-            [[t, src, _f(b["mean"]), _ci(b["ci95"]), _f(b["mean_raw"]), _f(b["accuracy"]),
+            [[t, src, _f(b["mean"]), _ci_of(b), _f(b["mean_raw"]), _f(b["accuracy"]),
               _f(b["n"]), _f(b["invalid"])]
              for t in tasks for src, b in pw[t]["by_source"].items()])
         lines += ["", f"{h}# Position bias (argmax answers of the two orders)", ""]
@@ -310,8 +312,11 @@ def _render_body(report: Mapping[str, Any], level: int) -> list[str]:
               _f(pw[t]["position_biased"])] for t in tasks])
         if "kendall_tau" in pw:
             lines += ["", f"Kendall τ between per-pair recognition and preference: "
-                          f"{_f(pw['kendall_tau'])} (n = {pw.get('kendall_tau_n', '–')} pairs, "
-                          f"p {_p(pw.get('kendall_tau_pvalue'))})"]
+                          f"{_f(pw['kendall_tau'])} "
+                          f"{_ci(pw.get('kendall_tau_ci95'), pw.get('kendall_tau_ci_note'))} "
+                          f"(n = {pw.get('kendall_tau_n', '–')} pairs from "
+                          f"{pw.get('kendall_tau_n_articles', '–')} articles; 95% CI: bootstrap over "
+                          "articles)"]
         lines.append("")
     ind = report.get("individual")
     if ind:
@@ -322,10 +327,10 @@ def _render_body(report: Mapping[str, Any], level: int) -> list[str]:
         for t in [t for t in INDIVIDUAL_TASKS if t in ind]:
             s = ind[t]
             for src, b in s["by_source"].items():
-                body.append([t, src, _f(b["ratio"]), _ci(b["ci95"]), _f(b["n"]), _f(b["invalid"]),
+                body.append([t, src, _f(b["ratio"]), _ci_of(b), _f(b["n"]), _f(b["invalid"]),
                              _f(s.get("auroc", {}).get(src)) if t == "recognition" else "–"])
             p = s["pooled"]
-            body.append([t, "**all others**", _f(p["ratio"]), _ci(p["ci95"]), _f(p["n"]),
+            body.append([t, "**all others**", _f(p["ratio"]), _ci_of(p), _f(p["n"]),
                          _f(s["invalid"]), _f(s.get("auroc_pooled")) if t == "recognition" else "–"])
         lines += _table(["task", "target source", "ratio", "95% CI", "n", "invalid", "AUROC"], body)
         lines.append("")
