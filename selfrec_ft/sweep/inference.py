@@ -14,7 +14,7 @@ numbers carry two kinds of noise:
   the k run means as k observations:
 
   - a **permutation test** over runs (:func:`scipy.stats.permutation_test`, pairings: recognition
-    means permuted against preference means; exact for k ≤ 8, 9999 random permutations above).
+    means permuted against preference means; all k! pairings for k ≤ 7, 9999 random ones above).
     It needs no normality and is exact under exchangeability. With few runs it cannot reject: the
     smallest two-sided p-value is 2/k!, so 3 runs give at best 0.33 and 4 runs 0.083 — the test is
     honest about how little 3 or 4 runs show;
