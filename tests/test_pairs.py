@@ -200,3 +200,13 @@ def test_cli_on_shared_xsum(tmp_path):
         assert int(row["label"]) == (2 if len(s2.split()) > len(s1.split()) else 1)
     r = subprocess.run(cmd[:-2] + ["--others", "nobody", "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error: ")
+
+
+def test_assign_labels_tie_policies():
+    rows = [{"self_position": 1, "summary1": "one two", "summary2": "three four"},      # tied words
+            {"self_position": 2, "summary1": "one", "summary2": "three four five"}]
+    assert assign_labels(rows, "length") == [None, 2]
+    assert assign_labels(rows, "length", ties="position1") == [1, 2]
+    assert assign_labels(rows, "self") == [1, 2]  # no property, no tie
+    with pytest.raises(ValueError, match="label_ties"):
+        assign_labels(rows, "length", ties="random")
