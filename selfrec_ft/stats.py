@@ -14,6 +14,10 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 from scipy import stats as sps
 
+MIN_CLUSTERS_CI = 5
+"""An interval needs at least this many clusters (articles): with fewer, a bootstrap interval says
+more about the handful of articles drawn than about the evaluator, so callers report none."""
+
 
 def finite_or_none(x) -> float | None:
     """``float(x)`` when finite, else ``None`` (JSON has no NaN)."""
@@ -77,6 +81,62 @@ def cluster_bootstrap_mean(
         rng=np.random.default_rng(seed),
     )
     return mean, (float(res.confidence_interval.low), float(res.confidence_interval.high))
+
+
+def n_clusters(clusters: Sequence[Hashable]) -> int:
+    """Number of distinct clusters."""
+    return len(set(clusters))
+
+
+def too_few_clusters_note(n: int) -> str:
+    """The note that stands in for an interval from fewer than :data:`MIN_CLUSTERS_CI` clusters."""
+    return f"no interval: fewer than {MIN_CLUSTERS_CI} articles ({n})"
+
+
+def cluster_bootstrap_interval(
+    statistic,
+    columns: Sequence[Sequence[float]],
+    clusters: Sequence[Hashable],
+    n_resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float] | None:
+    """Percentile interval of ``statistic(*columns)`` under a bootstrap that resamples clusters.
+
+    ``columns`` are equally long observation arrays (e.g. per-pair recognition and preference);
+    each resample draws clusters with replacement (as many as there are) and evaluates the
+    statistic on every observation of the drawn clusters, repeated as often as its cluster was
+    drawn. :func:`scipy.stats.bootstrap` draws the clusters and forms the interval; ``None`` when
+    no resample gives a finite value.
+    """
+    cols = [np.asarray(c, dtype=float) for c in columns]
+    if any(len(c) != len(clusters) for c in cols):
+        raise ValueError("every column needs one value per cluster label")
+    keys, codes = {}, []
+    for c in clusters:
+        codes.append(keys.setdefault(c, len(keys)))
+    codes = np.asarray(codes, dtype=np.int64)
+    order = np.argsort(codes, kind="stable")  # rows grouped by cluster, contiguous
+    sizes = np.bincount(codes, minlength=len(keys))
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    sorted_cols = [c[order] for c in cols]
+
+    def on_draw(drawn):
+        drawn = np.asarray(drawn, dtype=np.int64)
+        lengths = sizes[drawn]
+        total = int(lengths.sum())
+        # row positions of the drawn clusters: start of each cluster + 0..size-1
+        offsets = np.repeat(starts[drawn] - np.cumsum(lengths) + lengths, lengths)
+        rows = offsets + np.arange(total)
+        return statistic(*(c[rows] for c in sorted_cols))
+
+    if len(keys) < 2:
+        return None
+    res = sps.bootstrap((np.arange(len(keys)),), on_draw, vectorized=False, n_resamples=n_resamples,
+                        confidence_level=confidence, method="percentile",
+                        rng=np.random.default_rng(seed))
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) else None
 
 
 def cluster_resample_weights(n_clusters: int, n_resamples: int, seed: int = 0) -> np.ndarray:

@@ -239,3 +239,165 @@ def test_analyze_command_and_user_errors(tmp_path, capsys):
     with pytest.raises(UserError) as exc:
         run_cli(["analyze", str(tmp_path), "--n-resamples", "50", "--no-plots"])
     assert exc.value.file == str(bad) and exc.value.line == len(ARTICLES) * len(OTHERS) * 4 + 1
+
+
+# ----------------------------------------------------------------------------- run-level inference
+# (issue 13: the article bootstrap alone over-claims relations across runs)
+
+from selfrec_ft.sweep.inference import JointBootstrap, correlation, run_level_pearson  # noqa: E402
+
+
+def simulated_series(rng, run_rec, run_pref, n_articles=100, others=2, noise=0.08):
+    """Per-pair scores of a sweep: run effect + article effect (shared by all runs, correlated
+    between recognition and preference) + pair noise; returns the series of JointBootstrap."""
+    art_rec = rng.normal(0, 0.05, n_articles)
+    art_pref = 0.7 * art_rec + rng.normal(0, 0.03, n_articles)
+    clusters = [(None, f"a{j}") for j in range(n_articles) for _ in range(others)]
+    series = {}
+    for i, (rr, pp) in enumerate(zip(run_rec, run_pref)):
+        for name, level, art in (("recognition", rr, art_rec), ("preference", pp, art_pref)):
+            vals = level + np.repeat(art, others) + rng.normal(0, noise, n_articles * others)
+            series[(f"r{i}", name)] = {"values": vals.tolist(), "clusters": clusters}
+    return series
+
+
+def supported_rate(n_sweeps, k, relation, seed):
+    rng = np.random.default_rng(seed)
+    hits, article_only = 0, 0
+    for _ in range(n_sweeps):
+        rec = 0.5 + rng.normal(0, 0.03, k)
+        pref = (0.5 + 0.8 * (rec - 0.5) + rng.normal(0, 0.006, k)) if relation else 0.5 + rng.normal(0, 0.03, k)
+        joint = JointBootstrap(simulated_series(rng, rec, pref), n_resamples=200, seed=int(rng.integers(1 << 30)))
+        c = correlation(joint, [f"r{i}" for i in range(k)], [], seed=0)
+        hits += c["supported"]
+        ci = c["pearson"]["ci95"]
+        article_only += ci[0] > 0 or ci[1] < 0
+    return hits / n_sweeps, article_only / n_sweeps
+
+
+def test_null_sweeps_are_rarely_supported_and_real_relations_are_found():
+    # 60 null sweeps of 6 runs: recognition and preference unrelated across runs
+    null_rate, article_rate = supported_rate(60, 6, relation=False, seed=1)
+    assert null_rate <= 0.10
+    assert article_rate >= 0.5  # the article-level interval alone would have over-claimed
+    # a real relation across 8 runs
+    power, _ = supported_rate(50, 8, relation=True, seed=2)
+    assert power >= 0.80
+
+
+def test_run_level_pearson_against_brute_force_permutations_and_fisher_z():
+    import itertools
+
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=6), rng.normal(size=6)
+    y = y + 0.8 * x
+    rl = run_level_pearson(x, y)
+    r = np.corrcoef(x, y)[0, 1]
+    perm = np.array([np.corrcoef(np.array(p), y)[0, 1] for p in itertools.permutations(x)])
+    p_two = min(1.0, 2 * min(np.mean(perm >= r - 1e-12), np.mean(perm <= r + 1e-12)))
+    assert rl["p_value"] == pytest.approx(p_two)
+    z, se = np.arctanh(r), 1 / math.sqrt(6 - 3)
+    assert rl["ci95"] == pytest.approx([math.tanh(z - 1.959964 * se), math.tanh(z + 1.959964 * se)], abs=1e-5)
+    assert "permutation" in rl["method"] and "Fisher" in rl["method"]
+    # with 3 runs nothing can be concluded: best p is 2/3! and the interval is [-1, 1]
+    rl3 = run_level_pearson([0.1, 0.2, 0.3], [0.2, 0.4, 0.61])
+    assert rl3["p_value"] >= 1 / 3 and rl3["ci95"] == [-1.0, 1.0]
+
+
+def test_supported_key_verdict_and_run_level_block_in_analysis_json(tmp_path):
+    # 6 runs on a line (with article noise): supported; the same means for 4 runs: not supported
+    rec = [0.52, 0.55, 0.58, 0.61, 0.66, 0.70]
+    pref = [0.50, 0.52, 0.55, 0.56, 0.60, 0.62]
+    specs = {f"r{i}": ({"labels": "self"}, (lambda j, v=rec[i]: v + E[j]), (lambda j, v=pref[i]: v + E[j]), None)
+             for i in range(6)}
+    a = analyse_sweep(make_sweep(tmp_path / "six", specs), n_resamples=NR, plots=False)
+    c = a["correlation"]["in_domain"]
+    assert c["supported"] is True
+    rl = c["pearson"]["run_level"]
+    assert set(rl) >= {"ci95", "p_value", "method"} and rl["p_value"] < 0.05
+    assert rl == json.loads((tmp_path / "six" / "analysis.json").read_text())["correlation"]["in_domain"]["pearson"]["run_level"]
+    assert c["verdict"].startswith("Supported: preference rises with recognition across the 6 runs")
+    md = (tmp_path / "six" / "report.md").read_text()
+    assert md.index("Supported: preference rises") < md.index("## Runs") < md.index("## Recognition vs preference")
+    few = {k: v for k, v in list(specs.items())[:4]}
+    b = analyse_sweep(make_sweep(tmp_path / "four", few), n_resamples=NR, plots=False)
+    c4 = b["correlation"]["in_domain"]
+    assert c4["supported"] is False and c4["pearson"]["ci95"][0] > 0  # article level alone would say yes
+    assert c4["verdict"].startswith("Not supported") and "4 runs" in c4["verdict"]
+    assert c4["pearson"]["run_level"]["p_value"] >= 2 / math.factorial(4)
+
+
+def test_partial_correlation_needs_five_runs(tmp_path):
+    rec = [0.52, 0.61, 0.55, 0.70]
+    pref = [0.50, 0.58, 0.60, 0.64]
+    fam = [0.1, 0.4, 0.2, 0.9]
+    specs = {f"r{i}": ({"labels": "self"}, const(rec[i]), const(pref[i]), fam[i]) for i in range(4)}
+    pc = analyse_sweep(make_sweep(tmp_path, specs), n_resamples=NR, plots=False)[
+        "correlation"]["in_domain"]["partial_pearson_given_familiarity"]
+    assert pc["r"] is None and pc["n_runs"] == 4 and "at least 5" in pc["note"]
+
+
+# ----------------------------------------------------------------------------- paired baselines
+
+
+def test_each_run_is_compared_with_the_baseline_on_its_own_articles(tmp_path):
+    # two baselines, as the runner writes them for skip_first 2 and 4: one per article set
+    def articles_after(n):
+        return ARTICLES[n:n + 6]
+
+    def rows_for(arts, rec_fn, pref_fn, name):
+        rows = []
+        for task, fn in (("recognition", rec_fn), ("preference", pref_fn)):
+            for a in arts:
+                j = ARTICLES.index(a)
+                for o in OTHERS:
+                    s = float(fn(j))
+                    rows += [{"task": f"pairwise-{task}", "article_id": a, "self_source": SELF, "other_source": o,
+                              "order": order, "self_option": so, "probs": probs, "domain": name}
+                             for order, probs, so in (("forward", {"1": s, "2": 1 - s}, "1"),
+                                                      ("backward", {"1": 1 - s, "2": s}, "2"))]
+        return rows
+
+    base2 = (lambda j: 0.45 + 0.02 * j, lambda j: 0.48 + 0.01 * j)
+    base4 = (lambda j: 0.55 - 0.01 * j, lambda j: 0.52 + 0.015 * j)
+    specs = {  # run_id: (params, articles, (rec_fn, pref_fn))
+        "baseline_2": ({"labels": "baseline", "n_articles": 2}, articles_after(2), base2),
+        "baseline_4": ({"labels": "baseline", "n_articles": 4}, articles_after(4), base4),
+        "same_as_base": ({"labels": "random", "n_articles": 4}, articles_after(4), base4),
+        "self_n2": ({"labels": "self", "n_articles": 2}, articles_after(2),
+                    (lambda j: base2[0](j) + 0.1, lambda j: base2[1](j) + 0.03)),
+        "len_n3": ({"labels": "length", "n_articles": 3}, ARTICLES[5:11],  # as if a limit differed
+                   (lambda j: base4[0](j) + 0.02, lambda j: base4[1](j))),
+    }
+    runs = []
+    for rid, (params, arts, (rf, pf)) in specs.items():
+        write_eval(tmp_path / rid / "examples.jsonl", rows_for(arts, rf, pf, "xsum"))
+        runs.append({"run_id": rid, "params": params, "status": "done", "error": None, "output_dir": rid,
+                     "eval": {"in_domain": f"{rid}/examples.jsonl"}})
+    (tmp_path / "runs.json").write_text(json.dumps({"runs": runs}))
+    res = analyse_sweep(tmp_path, n_resamples=NR, plots=False)
+    t = res["treatment_vs_control"]["in_domain"]
+    assert t["baseline_runs"] == ["baseline_2", "baseline_4"] and t["baseline_run"] is None
+    by = {e["run_id"]: e for e in t["runs"]}
+    # a run identical to its own baseline: exactly 0, in the point and in every resample
+    same = by["same_as_base"]
+    assert same["baseline_run"] == "baseline_4" and same["pairing"] == "same_n_articles"
+    for name in ("recognition", "preference"):
+        assert same[f"delta_{name}"]["value"] == 0.0 and same[f"delta_{name}"]["ci95"] == [0.0, 0.0]
+    # paired with the n_articles=2 baseline on its 6 articles
+    own = by["self_n2"]
+    assert own["baseline_run"] == "baseline_2" and own["delta_recognition"]["n_articles"] == 6
+    assert own["delta_recognition"]["value"] == pytest.approx(0.1)
+    assert own["delta_preference"]["value"] == pytest.approx(0.03)
+    # no baseline with n_articles=3: the one sharing most articles (baseline_4: a5..a9), on those
+    ln = by["len_n3"]
+    assert ln["baseline_run"] == "baseline_4" and ln["pairing"] == "most_articles_shared"
+    assert ln["delta_recognition"]["n_articles"] == 5 and "5 articles both were scored on" in ln["note"]
+    assert ln["delta_recognition"]["value"] == pytest.approx(0.02)
+    assert ln["delta_preference"]["value"] == pytest.approx(0.0, abs=1e-12)
+    g = t["groups"]["control"]
+    assert g["mean_delta_recognition"]["value"] == pytest.approx((0.0 + 0.02) / 2)
+    assert g["baseline_runs"] == ["baseline_4"]
+    md = (tmp_path / "report.md").read_text()
+    assert "| same_as_base | control | random | baseline_4 | 6 |" in md
+    assert "baselines: baseline_2, baseline_4" in md

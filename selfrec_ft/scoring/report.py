@@ -15,10 +15,19 @@ Two input formats:
     v directly (``probs`` null, ``value_origin`` = ``p1:recognition_score``); its normalisation is
     undocumented upstream and the report says so.
 
+  In the individual files ``model`` names the evaluator. A fine-tuned evaluator is named
+  ``{ds}_{variant}_ft_{base}`` (``xsum_500_ft_llama``, ``cnn_length_ft_gpt35``): its own summaries
+  are those of its base model, so it is read with self source ``llama`` (renamed, see below) or
+  ``gpt35``, and the report notes the variant. Those files score every article, the fine-tuned
+  model's training articles included: ``skip_first=N`` leaves out the first N articles in the
+  file's own order (P1's article order; P1 trained on the first 2, 10 or 500). P1's
+  ``ground_truth`` field is never read (it is 0 for every row of the fine-tuned files).
+
   The stored scalars ``detection_score``, ``self_preference`` and ``score`` are never read: the
-  authors computed them inconsistently (PROTOCOL.md §3). P1's evaluator ``llama`` is renamed
-  ``llama2-7b-chat`` to match the shared corpus; the domain is the parent directory's name when it
-  is ``xsum`` or ``cnn``.
+  authors computed them inconsistently (PROTOCOL.md §3). P1's pairwise GPT-3.5/GPT-4 files hold
+  only argmax answers and those scalars, no per-order probabilities, so they are refused with one
+  line saying so. P1's evaluator ``llama`` is renamed ``llama2-7b-chat`` to match the shared corpus;
+  the domain is the parent directory's name when it is ``xsum`` or ``cnn``.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +55,15 @@ P1_PAIRWISE_FIELDS = {
     ("pairwise-preference", "backward"): "backward_comparison_output",
 }
 SCORE_OPTIONS = ("1", "2", "3", "4", "5")
+P1_FINE_TUNED = re.compile(r"^(?P<dataset>xsum|cnn)_(?P<variant>.+)_ft_(?P<base>[a-z0-9]+)$")
+"""A fine-tuned evaluator in P1's individual files: ``{dataset}_{variant}_ft_{base model}``."""
+P1_ARGMAX_ONLY = ("forward_detection", "backward_detection", "forward_comparison", "backward_comparison")
+P1_NO_PROBS_MESSAGE = (
+    "this P1 pairwise file holds no per-order option probabilities (*_detection_output, "
+    "*_comparison_output): P1 released only the argmax answers and the stored detection_score / "
+    "self_preference scalars for GPT-3.5 and GPT-4, and those scalars are not comparable across "
+    "files (PROTOCOL.md §3), so recognition and preference cannot be recomputed from it")
+MIN_CLUSTERS_CI_TEXT = "< 5 articles"
 
 # ----------------------------------------------------------------------------- reading
 
@@ -114,14 +133,27 @@ def _str_field(obj: Mapping, field: str, path: Path, line: int) -> str:
     return str(v)
 
 
+def p1_evaluator(model: str) -> tuple[str, str | None]:
+    """``(self source, fine-tuned variant or None)`` of an individual file's ``model`` field:
+    ``xsum_500_ft_llama`` -> ``("llama2-7b-chat", "xsum_500_ft_llama")``, ``gpt4`` -> ``("gpt4", None)``."""
+    m = P1_FINE_TUNED.match(model)
+    base = m.group("base") if m else model
+    return P1_SOURCE_NAMES.get(base, base), (model if m else None)
+
+
 def _p1_rows(obj: Mapping, path: Path, line: int, domain: str | None) -> list[dict[str, Any]]:
     """Convert one P1 object into scoring rows (see the module docstring)."""
     article_id = _str_field(obj, "key", path, line)
     evaluator = str(obj.get("model", P1_EVALUATOR)) if "target_model" in obj else P1_EVALUATOR
-    self_source = P1_SOURCE_NAMES.get(evaluator, evaluator)
+    self_source, variant = p1_evaluator(evaluator)
     base = {"article_id": article_id, "self_source": self_source, "_file": str(path), "_line": line}
+    if variant is not None:
+        base["p1_evaluator"] = variant
     if domain is not None:
         base["domain"] = domain
+    if "target_model" not in obj and not any(f in obj for f in P1_PAIRWISE_FIELDS.values()) and any(
+            f in obj for f in P1_ARGMAX_ONLY + ("detection_score", "self_preference")):
+        raise UserError(P1_NO_PROBS_MESSAGE, path, line)
     if any(f in obj for f in P1_PAIRWISE_FIELDS.values()):
         other = _str_field(obj, "model", path, line)
         rows = []
@@ -149,12 +181,17 @@ def _p1_rows(obj: Mapping, path: Path, line: int, domain: str | None) -> list[di
                     "scores or recognition_score fields", path, line)
 
 
-def read_p1_file(path: str | os.PathLike, domain: str | None = None) -> list[dict[str, Any]]:
+def read_p1_file(path: str | os.PathLike, domain: str | None = None, skip_first: int = 0) -> list[dict[str, Any]]:
     """Scoring rows from one of P1's released result files (JSON lines or a JSON list).
 
     ``domain`` defaults to the parent directory's name when it is one of P1's datasets.
+    ``skip_first=N`` leaves out the rows of the first N articles in the file's order (the order in
+    which article keys first appear). An individual-setting file none of whose rows shows the
+    evaluator's own summary is an error (every ratio would be empty).
     """
     path = Path(path)
+    if skip_first < 0:
+        raise UserError(f"skip_first must be >= 0, got {skip_first}")
     if domain is None and path.parent.name in P1_DOMAINS:
         domain = path.parent.name
     rows = []
@@ -162,6 +199,17 @@ def read_p1_file(path: str | os.PathLike, domain: str | None = None) -> list[dic
         if not isinstance(obj, dict):
             raise UserError("expected a JSON object", path, line)
         rows.extend(_p1_rows(obj, path, line, domain))
+    if skip_first:
+        order = list(dict.fromkeys(r["article_id"] for r in rows))
+        if skip_first >= len(order):
+            raise UserError(f"--skip-first {skip_first} leaves no article (the file has {len(order)})", path)
+        skipped = set(order[:skip_first])
+        rows = [r for r in rows if r["article_id"] not in skipped]
+    individual = [r for r in rows if r["task"] in INDIVIDUAL_TASKS.values()]
+    if individual and not any(r["target_source"] == r["self_source"] for r in individual):
+        raise UserError(f"no row shows the evaluator's own summary (self source "
+                        f"{individual[0]['self_source']!r}, from model {individual[0].get('p1_evaluator', individual[0]['self_source'])!r}): "
+                        "every ratio would be empty", path)
     return rows
 
 
@@ -215,19 +263,22 @@ def _row_key(r: Mapping[str, Any]) -> tuple:
             r.get("other_source", r.get("target_source")), r.get("order"))
 
 
-def load_rows(paths: Sequence[str | os.PathLike], fmt: str = "selfrec") -> list[dict[str, Any]]:
+def load_rows(paths: Sequence[str | os.PathLike], fmt: str = "selfrec", skip_first: int = 0) -> list[dict[str, Any]]:
     """Rows from several files in ``fmt`` (``selfrec`` or ``p1``); a duplicate row is an error.
 
+    ``skip_first`` (P1 files only) leaves out each file's first N articles in the file's order.
     Each row keeps ``_file``/``_line`` (where it was read) for error messages.
     """
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; expected one of {list(FORMATS)}")
     if not paths:
         raise UserError("no input files")
-    reader = read_selfrec_file if fmt == "selfrec" else read_p1_file
+    if skip_first and fmt != "p1":
+        raise UserError("--skip-first applies to --format p1 files (an examples.jsonl holds only the "
+                        "articles its evaluation chose)")
     rows, seen = [], {}
     for path in paths:
-        for r in reader(path):
+        for r in (read_selfrec_file(path) if fmt == "selfrec" else read_p1_file(path, skip_first=skip_first)):
             key = _row_key(r)
             if key in seen:
                 raise UserError(f"duplicate row (also at {seen[key]}): task {r['task']}, article "
@@ -239,12 +290,24 @@ def load_rows(paths: Sequence[str | os.PathLike], fmt: str = "selfrec") -> list[
 
 
 def report_paths(paths: Sequence[str | os.PathLike], fmt: str = "selfrec", seed: int = 0,
-                 n_resamples: int = 2000) -> dict[str, Any]:
+                 n_resamples: int = 2000, skip_first: int = 0) -> dict[str, Any]:
     """:func:`compute_report` of the rows in ``paths``, with the inputs recorded in ``meta``."""
-    rows = load_rows(paths, fmt)
+    rows = load_rows(paths, fmt, skip_first=skip_first)
     report = compute_report(rows, seed=seed, n_resamples=n_resamples)
     report["meta"]["inputs"] = [os.fspath(p) for p in paths]
     report["meta"]["format"] = fmt
+    if fmt == "p1":
+        report["meta"]["skip_first"] = skip_first
+        variants = sorted({r["p1_evaluator"] for r in rows if "p1_evaluator" in r})
+        if variants:
+            report["meta"]["p1_evaluators"] = variants
+            selfs = sorted({r["self_source"] for r in rows if "p1_evaluator" in r})
+            report["notes"].append(
+                f"evaluator {', '.join(variants)}: fine-tuned from {', '.join(selfs)}, read with the base "
+                f"model's summaries as its own (self source {', '.join(selfs)})"
+                + (f"; the first {skip_first} articles of each file (its training articles) left out."
+                   if skip_first else "; every article of the file is scored, its training articles "
+                   "included: use --skip-first N to leave out the first N."))
     if not report.get("pairwise") and not report.get("individual"):
         raise UserError("no pairwise or individual scoring rows in the input", os.fspath(paths[0]))
     return report
@@ -263,14 +326,15 @@ def _f(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
-def _p(p: float | None) -> str:
-    if p is None:
-        return "= –"
-    return "< 1e-16" if p < 1e-16 else f"= {p:.2g}"
+def _ci(ci: Sequence[float] | None, note: str | None = None) -> str:
+    if ci:
+        return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+    return f"– ({MIN_CLUSTERS_CI_TEXT})" if note else "–"
 
 
-def _ci(ci: Sequence[float] | None) -> str:
-    return "–" if not ci else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+def _ci_of(block: Mapping[str, Any], key: str = "ci95") -> str:
+    """A block's interval cell; "– (< 5 articles)" when it was left out for too few articles."""
+    return _ci(block.get(key), block.get("ci_note"))
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -294,12 +358,12 @@ def _render_body(report: Mapping[str, Any], level: int) -> list[str]:
                   "95% CI: bootstrap over articles.", ""]
         lines += _table(
             ["task", "mean", "95% CI", "mean (raw p)", "accuracy", "n", "invalid", "option mass"],
-            [[t, _f(pw[t]["mean"]), _ci(pw[t]["ci95"]), _f(pw[t]["mean_raw"]), _f(pw[t]["accuracy"]),
+            [[t, _f(pw[t]["mean"]), _ci_of(pw[t]), _f(pw[t]["mean_raw"]), _f(pw[t]["accuracy"]),
               _f(pw[t]["n"]), _f(pw[t]["invalid"]), _f(pw[t]["mean_option_mass"])] for t in tasks])
         lines += ["", f"{h}# Per other source", ""]
         lines += _table(
             ["task", "other source", "mean", "95% CI", "mean (raw p)", "accuracy", "n", "invalid"],
-            [[t, src, _f(b["mean"]), _ci(b["ci95"]), _f(b["mean_raw"]), _f(b["accuracy"]),
+            [[t, src, _f(b["mean"]), _ci_of(b), _f(b["mean_raw"]), _f(b["accuracy"]),
               _f(b["n"]), _f(b["invalid"])]
              for t in tasks for src, b in pw[t]["by_source"].items()])
         lines += ["", f"{h}# Position bias (argmax answers of the two orders)", ""]
@@ -310,8 +374,11 @@ def _render_body(report: Mapping[str, Any], level: int) -> list[str]:
               _f(pw[t]["position_biased"])] for t in tasks])
         if "kendall_tau" in pw:
             lines += ["", f"Kendall τ between per-pair recognition and preference: "
-                          f"{_f(pw['kendall_tau'])} (n = {pw.get('kendall_tau_n', '–')} pairs, "
-                          f"p {_p(pw.get('kendall_tau_pvalue'))})"]
+                          f"{_f(pw['kendall_tau'])} "
+                          f"{_ci(pw.get('kendall_tau_ci95'), pw.get('kendall_tau_ci_note'))} "
+                          f"(n = {pw.get('kendall_tau_n', '–')} pairs from "
+                          f"{pw.get('kendall_tau_n_articles', '–')} articles; 95% CI: bootstrap over "
+                          "articles)"]
         lines.append("")
     ind = report.get("individual")
     if ind:
@@ -322,10 +389,10 @@ def _render_body(report: Mapping[str, Any], level: int) -> list[str]:
         for t in [t for t in INDIVIDUAL_TASKS if t in ind]:
             s = ind[t]
             for src, b in s["by_source"].items():
-                body.append([t, src, _f(b["ratio"]), _ci(b["ci95"]), _f(b["n"]), _f(b["invalid"]),
+                body.append([t, src, _f(b["ratio"]), _ci_of(b), _f(b["n"]), _f(b["invalid"]),
                              _f(s.get("auroc", {}).get(src)) if t == "recognition" else "–"])
             p = s["pooled"]
-            body.append([t, "**all others**", _f(p["ratio"]), _ci(p["ci95"]), _f(p["n"]),
+            body.append([t, "**all others**", _f(p["ratio"]), _ci_of(p), _f(p["n"]),
                          _f(s["invalid"]), _f(s.get("auroc_pooled")) if t == "recognition" else "–"])
         lines += _table(["task", "target source", "ratio", "95% CI", "n", "invalid", "AUROC"], body)
         lines.append("")

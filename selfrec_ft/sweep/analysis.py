@@ -4,20 +4,20 @@ Reads ``SWEEP_DIR/runs.json`` (docs/ARCHITECTURE.md, "Sweep directory") and each
 ``examples.jsonl`` per evaluation domain (``in_domain``, ``out_of_domain``). It computes:
 
 * per run and domain: mean pairwise recognition and preference (PROTOCOL.md §3, via
-  :mod:`selfrec_ft.scoring.metrics`) with article-clustered bootstrap CIs, and the familiarity
-  covariate when ``familiarity`` rows are present: per article, the evaluator's mean log-likelihood
-  of the self summary minus the mean over the other sources' summaries, averaged over articles;
-* across done runs, per domain: Pearson r, Kendall τ and the least-squares slope of preference on
-  recognition, and the partial correlation of preference and recognition given familiarity. Their
-  CIs come from one **joint** bootstrap per domain: each resample draws articles (with
-  replacement) from the union of the runs' articles and recomputes every run's means on the same
-  drawn articles. This captures article-sampling noise, not run-to-run training noise;
-* treatment vs controls: with a baseline run (untrained evaluator), every run's shift in recognition
-  and preference from the baseline (paired on articles), and per group (treatments: labels
-  ``self``/``other``/``flip``; controls: ``always_1``/``random``/``length``/``vowelcount``/
-  ``readability``) the mean shifts and preference shift per unit of recognition shift. If
-  fine-tuning as such, rather than recognition, moved preference, controls would show preference
-  shifts as large as the treatments' without the recognition shifts;
+  :mod:`selfrec_ft.scoring.metrics`) with article-clustered bootstrap CIs (none from fewer than 5
+  articles), and the familiarity covariate when ``familiarity`` rows are present: per article, the
+  evaluator's mean log-likelihood of the self summary minus the mean over the other sources'
+  summaries, averaged over articles;
+* across done runs, per domain (:mod:`selfrec_ft.sweep.inference`): Pearson r, Kendall τ and the
+  least-squares slope of preference on recognition, and the partial correlation given familiarity
+  (at least 5 runs), each with two kinds of inference reported separately: an **article-level**
+  interval from one joint bootstrap per domain (articles resampled jointly across the runs: article
+  sampling noise only) and a **run-level** test and interval with the run as the unit (permutation
+  test over runs, Fisher-z interval). ``supported`` is true only when both agree, and ``verdict``
+  says so in words;
+* treatment vs controls (:mod:`selfrec_ft.sweep.baselines`): every run's shift in recognition and
+  preference from the baseline scored on the same articles (paired on articles), and per group the
+  mean shifts and preference shift per unit of recognition shift;
 * dose response: recognition and preference against ``params.flip_fraction``;
 * per-checkpoint recognition and preference of runs that list ``checkpoints``.
 """
@@ -37,8 +37,10 @@ from tqdm import tqdm
 from selfrec_ft import stats
 from selfrec_ft.errors import UserError
 from selfrec_ft.jsonl import atomic_write_json, atomic_write_text
-from selfrec_ft.scoring.metrics import POSITION_BIAS_THRESHOLD, pairwise_scores, position_table
+from selfrec_ft.scoring.metrics import POSITION_BIAS_THRESHOLD, accuracy_values, pairwise_scores, position_table
 from selfrec_ft.scoring.report import read_selfrec_file
+from selfrec_ft.sweep.baselines import treatment_vs_control
+from selfrec_ft.sweep.inference import MIN_RUNS_CORRELATION, MIN_RUNS_PARTIAL, JointBootstrap, correlation  # noqa: F401
 
 TASKS = ("recognition", "preference")
 SERIES = ("recognition", "preference", "familiarity")
@@ -46,8 +48,6 @@ TREATMENT_LABELS = ("self", "other", "flip")
 CONTROL_LABELS = ("always_1", "random", "length", "vowelcount", "readability")
 BASELINE_LABELS = ("none", "baseline")
 DOMAIN_ORDER = ("in_domain", "out_of_domain")
-MIN_RUNS_CORRELATION = 3
-MIN_RUNS_PARTIAL = 4
 
 
 # ----------------------------------------------------------------------------- runs.json
@@ -146,11 +146,10 @@ def eval_series(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         valid = [s for s in scores if s["valid"]]
         vals = [s["score"] for s in valid]
         out[task] = {"values": vals, "clusters": [(s["domain"], s["article_id"]) for s in valid]}
-        acc = [1.0 if v > 0.5 else 0.5 if v == 0.5 else 0.0 for v in vals]
         pos = position_table(scores)
         out["extra"][task] = {
             "invalid": len(scores) - len(valid),
-            "accuracy": float(np.mean(acc)) if acc else None,
+            "accuracy": float(np.mean(accuracy_values(vals))) if vals else None,
             "position_biased": bool(valid) and max(pos["always_1"] or 0, pos["always_2"] or 0)
             >= POSITION_BIAS_THRESHOLD,
         }
@@ -174,16 +173,19 @@ def eval_series(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def summarise_series(series: Mapping[str, Any], seed: int, n_resamples: int) -> dict[str, Any]:
-    """Mean, clustered-bootstrap CI and n of every series in an :func:`eval_series` result."""
+    """Mean, clustered-bootstrap CI and n of every series in an :func:`eval_series` result (no CI
+    from fewer than 5 articles: ``ci_note`` says so)."""
     out = {}
     for name in SERIES:
         if name not in series:
             continue
         vals, cl = series[name]["values"], series[name]["clusters"]
-        block: dict[str, Any] = {"mean": None, "ci95": None, "n": len(vals)}
+        block: dict[str, Any] = {"mean": None, "ci95": None, "n": len(vals), "n_articles": stats.n_clusters(cl)}
         if vals:
             m, (lo, hi) = stats.cluster_bootstrap_mean(vals, cl, n_resamples=n_resamples, seed=seed)
             block.update(mean=m, ci95=[lo, hi])
+            if block["n_articles"] < stats.MIN_CLUSTERS_CI:
+                block.update(ci95=None, ci_note=stats.too_few_clusters_note(block["n_articles"]))
         block.update(series.get("extra", {}).get(name, {}))
         out[name] = block
     return out
@@ -199,121 +201,7 @@ def _load_eval(path: Path, notes: list[str], what: str) -> dict[str, Any] | None
 # ----------------------------------------------------------------------------- across runs
 
 
-class _Joint:
-    """One domain's joint bootstrap: every series' resampled means on shared article draws."""
-
-    def __init__(self, series: dict[tuple[str, str], Mapping[str, Any]], n_resamples: int, seed: int):
-        clusters = list(dict.fromkeys(c for s in series.values() for c in s["clusters"]))
-        self.keys = list(series)
-        index = {c: i for i, c in enumerate(clusters)}
-        sums = np.zeros((len(self.keys), len(clusters)))
-        counts = np.zeros_like(sums)
-        for row, key in enumerate(self.keys):
-            cols = [index[c] for c in series[key]["clusters"]]
-            np.add.at(sums[row], cols, series[key]["values"])
-            np.add.at(counts[row], cols, 1.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            self.point = sums.sum(axis=1) / counts.sum(axis=1)
-        weights = stats.cluster_resample_weights(len(clusters), n_resamples, seed)
-        self.boot = stats.resampled_means(sums, counts, weights) if clusters else np.zeros((len(self.keys), 0))
-        self.row = {k: i for i, k in enumerate(self.keys)}
-
-    def vectors(self, run_ids: Sequence[str], name: str):
-        rows = [self.row[(r, name)] for r in run_ids]
-        return self.point[rows], self.boot[rows]
-
-    def interval(self, fn, *names_and_runs) -> dict[str, Any]:
-        """Point value and percentile CI of ``fn(*vectors)`` over resamples (NaN ones dropped)."""
-        pts, boots = zip(*(self.vectors(runs, name) for runs, name in names_and_runs))
-        value = fn(*pts)
-        samples = np.array([fn(*(b[:, j] for b in boots)) if all(np.all(np.isfinite(b[:, j])) for b in boots)
-                            else np.nan for j in range(self.boot.shape[1])])
-        ci = stats.percentile_interval(samples)
-        defined = float(np.mean(np.isfinite(samples))) if samples.size else 0.0
-        return {"value": stats.finite_or_none(value), "ci95": list(ci) if ci else None,
-                "ci_defined_fraction": defined}
-
-
-def _correlation(joint: _Joint, run_ids: list[str], fam_ids: list[str]) -> dict[str, Any]:
-    k = len(run_ids)
-    out: dict[str, Any] = {"n_runs": k, "run_ids": run_ids}
-    if k < MIN_RUNS_CORRELATION:
-        out.update(pearson={"r": None, "ci95": None}, kendall={"tau": None, "ci95": None},
-                   slope={"value": None, "ci95": None},
-                   note=f"fewer than {MIN_RUNS_CORRELATION} done runs with pairwise recognition and "
-                        f"preference ({k}); correlations not computed.")
-    else:
-        rec, pref = (run_ids, "recognition"), (run_ids, "preference")
-        p = joint.interval(stats.safe_pearson, rec, pref)
-        t = joint.interval(lambda x, y: stats.safe_kendall(x, y)[0], rec, pref)
-        s = joint.interval(stats.safe_slope, rec, pref)
-        x, y = joint.vectors(run_ids, "recognition")[0], joint.vectors(run_ids, "preference")[0]
-        out["pearson"] = {"r": p["value"], "ci95": p["ci95"], "ci_defined_fraction": p["ci_defined_fraction"]}
-        out["kendall"] = {"tau": t["value"], "ci95": t["ci95"], "ci_defined_fraction": t["ci_defined_fraction"]}
-        out["slope"] = {"value": s["value"], "ci95": s["ci95"], "ci_defined_fraction": s["ci_defined_fraction"],
-                        "intercept": stats.finite_or_none(np.mean(y) - (s["value"] or 0) * np.mean(x))
-                        if s["value"] is not None else None}
-    if len(fam_ids) >= MIN_RUNS_PARTIAL:
-        pc = joint.interval(stats.partial_correlation, (fam_ids, "recognition"),
-                            (fam_ids, "preference"), (fam_ids, "familiarity"))
-        out["partial_pearson_given_familiarity"] = {"r": pc["value"], "ci95": pc["ci95"],
-                                                    "n_runs": len(fam_ids)}
-    else:
-        out["partial_pearson_given_familiarity"] = {
-            "r": None, "ci95": None, "n_runs": len(fam_ids),
-            "note": f"needs familiarity rows in at least {MIN_RUNS_PARTIAL} done runs"}
-    return out
-
-
-def _shift(runs_v: np.ndarray, base_v: np.ndarray) -> float:
-    """Mean over runs of (run − baseline)."""
-    return float(np.mean(runs_v - base_v[0]))
-
-
-def _per_unit(rec_v, base_rec, pref_v, base_pref) -> float:
-    """Mean preference shift divided by mean recognition shift (NaN when the latter is ~0)."""
-    dr = _shift(rec_v, base_rec)
-    return _shift(pref_v, base_pref) / dr if abs(dr) > 1e-9 else float("nan")
-
-
-def _treatment_vs_control(joint: _Joint, runs: list[dict], run_ids: list[str]) -> dict[str, Any]:
-    by_id = {r["run_id"]: r for r in runs}
-    baselines = [r for r in run_ids if by_id[r]["group"] == "baseline"]
-    groups = {g: [r for r in run_ids if by_id[r]["group"] == g] for g in ("treatment", "control")}
-    out: dict[str, Any] = {"baseline_run": baselines[0] if baselines else None}
-    if not baselines:
-        out["note"] = "no baseline run: shifts cannot be computed; group mean levels are reported."
-        out["groups"] = {}
-        for g, ids in groups.items():
-            if ids:
-                out["groups"][g] = {"n_runs": len(ids), "run_ids": ids, **{
-                    f"mean_{name}": joint.interval(np.mean, (ids, name)) for name in TASKS}}
-        return out
-    base = baselines[0]
-    out["runs"] = []
-    for rid in run_ids:
-        if rid == base:
-            continue
-        entry = {"run_id": rid, "group": by_id[rid]["group"], "labels": by_id[rid]["label_strategy"]}
-        for name in TASKS:
-            entry[f"delta_{name}"] = joint.interval(lambda a, b: a[0] - b[0], ([rid], name), ([base], name))
-        out["runs"].append(entry)
-    out["groups"] = {}
-    for g, ids in groups.items():
-        if not ids:
-            continue
-        out["groups"][g] = {
-            "n_runs": len(ids), "run_ids": ids,
-            "mean_delta_recognition": joint.interval(_shift, (ids, "recognition"), ([base], "recognition")),
-            "mean_delta_preference": joint.interval(_shift, (ids, "preference"), ([base], "preference")),
-            "preference_per_recognition": joint.interval(
-                _per_unit, (ids, "recognition"), ([base], "recognition"), (ids, "preference"),
-                ([base], "preference")),
-        }
-    return out
-
-
-def _dose_response(joint: _Joint, runs: list[dict], run_ids: list[str], domain: str) -> dict[str, Any] | None:
+def _dose_response(joint: JointBootstrap, runs: list[dict], run_ids: list[str], domain: str) -> dict[str, Any] | None:
     by_id = {r["run_id"]: r for r in runs}
     ids = [r for r in run_ids if _is_number(by_id[r]["params"].get("flip_fraction"))]
     if not ids:
@@ -370,29 +258,30 @@ def analyse_sweep(sweep_dir: str | os.PathLike, seed: int = 0, n_resamples: int 
             run["checkpoints"].append(entry)
         run["checkpoints"].sort(key=lambda c: (c["step"] is None, c["step"]))
 
-    correlation, tvc, dose = {}, {}, {}
+    correlations, tvc, dose = {}, {}, {}
     for dom in _ordered_domains(series_by_domain):
         ser = series_by_domain[dom]
         ids = [r["run_id"] for r in runs if (r["run_id"], "recognition") in ser
                and (r["run_id"], "preference") in ser]
-        joint = _Joint(ser, n_resamples, seed)
+        joint = JointBootstrap(ser, n_resamples, seed)
         # every done run, the baseline included, is a point of the recognition-preference relation
         fam_ids = [r for r in ids if (r, "familiarity") in ser]
-        correlation[dom] = _correlation(joint, ids, fam_ids)
-        tvc[dom] = _treatment_vs_control(joint, runs, ids)
+        correlations[dom] = correlation(joint, ids, fam_ids, seed)
+        tvc[dom] = treatment_vs_control(joint, runs, ids)
         d = _dose_response(joint, runs, ids, dom)
         if d is not None:
             dose[dom] = d
-    if not correlation:
+    if not correlations:
         notes.append("no done run has pairwise recognition and preference rows; nothing to correlate.")
     for dom in ("in_domain", "out_of_domain"):
-        correlation.setdefault(dom, {"n_runs": 0, "run_ids": [], "pearson": {"r": None, "ci95": None},
-                                     "kendall": {"tau": None, "ci95": None},
-                                     "slope": {"value": None, "ci95": None},
-                                     "note": f"no done run has {dom} evaluations."})
+        correlations.setdefault(dom, {"n_runs": 0, "run_ids": [], "pearson": {"r": None, "ci95": None},
+                                      "kendall": {"tau": None, "ci95": None},
+                                      "slope": {"value": None, "ci95": None}, "supported": False,
+                                      "verdict": f"Not assessed: no done run has {dom} evaluations.",
+                                      "note": f"no done run has {dom} evaluations."})
     analysis = {
         "runs": runs,
-        "correlation": correlation,
+        "correlation": correlations,
         "treatment_vs_control": tvc,
         "dose_response": dose,
         "notes": notes,
@@ -420,8 +309,14 @@ def _f(x: Any, d: int = 3) -> str:
     return str(x)
 
 
-def _ci(ci) -> str:
-    return "–" if not ci else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+def _ci(ci, note: str | None = None) -> str:
+    if ci:
+        return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+    return "– (< 5 articles)" if note else "–"
+
+
+def _p(p) -> str:
+    return "–" if p is None else f"{p:.3g}"
 
 
 def _table(header, rows) -> list[str]:
@@ -432,8 +327,12 @@ def _table(header, rows) -> list[str]:
 def render_analysis_markdown(a: Mapping[str, Any]) -> str:
     """report.md of an :func:`analyse_sweep` result."""
     m = a["meta"]
-    lines = ["# Sweep analysis", "",
-             f"{m['n_runs']} runs ({m['n_done']} done); bootstrap: {m['n_resamples']} resamples of "
+    lines = ["# Sweep analysis", "", "## Verdict: does preference follow recognition across runs?", ""]
+    for dom, c in a["correlation"].items():
+        lines.append(f"* **{dom}**: {c.get('verdict') or '–'}")
+    lines += ["", "A relation is called supported only when a test with the run as the unit (permutation "
+              "test over runs, p < 0.05) and the article-level bootstrap interval (excludes 0) agree.", ""]
+    lines += [f"{m['n_runs']} runs ({m['n_done']} done); bootstrap: {m['n_resamples']} resamples of "
              f"articles, seed {m['seed']}. Recognition / preference: mean pairwise score "
              "(½[p̂_fwd(self) + p̂_bwd(self)]), 0.5 = chance. Familiarity: mean log-likelihood of "
              "self minus others' summaries.", ""]
@@ -451,37 +350,56 @@ def render_analysis_markdown(a: Mapping[str, Any]) -> str:
             rec, pref, fam = d.get("recognition", {}), d.get("preference", {}), d.get("familiarity", {})
             rows.append([r["run_id"], _f(r["status"]), r["label_strategy"],
                          _f(r["params"].get("flip_fraction")), dom,
-                         f"{_f(rec.get('mean'))} {_ci(rec.get('ci95'))}",
-                         f"{_f(pref.get('mean'))} {_ci(pref.get('ci95'))}",
+                         f"{_f(rec.get('mean'))} {_ci(rec.get('ci95'), rec.get('ci_note'))}",
+                         f"{_f(pref.get('mean'))} {_ci(pref.get('ci95'), pref.get('ci_note'))}",
                          _f(fam.get("mean")), _f(rec.get("n")), "–"])
     lines += ["## Runs", ""] + _table(
         ["run", "status", "labels", "flip fraction", "domain", "recognition [95% CI]",
          "preference [95% CI]", "familiarity", "n pairs", "error"], rows) + [""]
     lines += ["## Recognition vs preference across runs", "",
-              "CIs: joint bootstrap over articles (every run's means recomputed on the same drawn "
-              "articles); they reflect article sampling, not training noise.", ""]
+              "Article level: joint bootstrap over articles (every run's means recomputed on the same drawn "
+              "articles); it reflects article sampling, not the choice of runs. Run level: the run means "
+              "as k observations (Pearson: permutation test over runs and Fisher-z interval; slope: OLS "
+              "t-interval; Kendall: scipy's test).", ""]
     crows = []
     for dom, c in a["correlation"].items():
+        pe, ke, sl = c["pearson"], c["kendall"], c["slope"]
+        prl, krl, srl = pe.get("run_level") or {}, ke.get("run_level") or {}, sl.get("run_level") or {}
+        crows.append([dom, str(c["n_runs"]), "yes" if c.get("supported") else "no", _f(pe["r"]),
+                      _ci(pe["ci95"]), _ci(prl.get("ci95")), _p(prl.get("p_value")),
+                      f"{_f(ke['tau'])} {_ci(ke['ci95'])} (p {_p(krl.get('p_value'))})",
+                      f"{_f(sl['value'])} {_ci(sl['ci95'])}; run level {_ci(srl.get('ci95'))}"])
+    lines += _table(["domain", "runs", "supported", "Pearson r", "article-level 95% CI",
+                     "run-level 95% CI (Fisher z)", "run-level p (permutation)",
+                     "Kendall τ [article CI] (run p)", "slope (pref on rec) [article CI]; run-level CI"],
+                    crows) + [""]
+    prows = []
+    for dom, c in a["correlation"].items():
         pc = c.get("partial_pearson_given_familiarity") or {}
-        crows.append([dom, str(c["n_runs"]), f"{_f(c['pearson']['r'])} {_ci(c['pearson']['ci95'])}",
-                      f"{_f(c['kendall']['tau'])} {_ci(c['kendall']['ci95'])}",
-                      f"{_f(c['slope']['value'])} {_ci(c['slope']['ci95'])}",
-                      f"{_f(pc.get('r'))} {_ci(pc.get('ci95'))}", c.get("note", "")])
-    lines += _table(["domain", "runs", "Pearson r", "Kendall τ", "slope (pref on rec)",
-                     "partial r given familiarity", "note"], crows) + [""]
+        prows.append([dom, _f(pc.get("n_runs")), _f(pc.get("r")), _ci(pc.get("ci95")),
+                      _p((pc.get("run_level") or {}).get("p_value")), pc.get("note", "")])
+    lines += ["Partial correlation of recognition and preference given familiarity (at least 5 runs):", ""]
+    lines += _table(["domain", "runs", "partial r", "article-level 95% CI", "run-level p (permutation)",
+                     "note"], prows) + [""]
+    notes = [f"{dom}: {c['note']}" for dom, c in a["correlation"].items() if c.get("note")]
+    lines += [f"> {n}" for n in notes] + ([""] if notes else [])
     if a.get("treatment_vs_control"):
         lines += ["## Treatment vs controls", "",
-                  "Shift = run − baseline on the same articles. Treatments: labels self/other/flip; "
-                  "controls: always_1/random/length/vowelcount/readability.", ""]
+                  "Shift = run − its baseline on the articles both were scored on (the baseline with the "
+                  "run's n_articles, i.e. scored on the same held-out articles). Treatments: labels "
+                  "self/other/flip; controls: always_1/random/length/vowelcount/readability.", ""]
         for dom, t in a["treatment_vs_control"].items():
-            lines += [f"### {dom} (baseline: {t.get('baseline_run') or 'none'})", ""]
+            lines += [f"### {dom} (baselines: {', '.join(t.get('baseline_runs') or []) or 'none'})", ""]
             if t.get("note"):
                 lines += [t["note"], ""]
             if t.get("runs"):
-                lines += _table(["run", "group", "labels", "Δ recognition", "Δ preference"], [
-                    [e["run_id"], e["group"], e["labels"],
+                lines += _table(["run", "group", "labels", "baseline", "articles compared", "Δ recognition",
+                                 "Δ preference", "note"], [
+                    [e["run_id"], e["group"], e["labels"], _f(e.get("baseline_run")),
+                     _f(e["delta_recognition"].get("n_articles")),
                      f"{_f(e['delta_recognition']['value'])} {_ci(e['delta_recognition']['ci95'])}",
-                     f"{_f(e['delta_preference']['value'])} {_ci(e['delta_preference']['ci95'])}"]
+                     f"{_f(e['delta_preference']['value'])} {_ci(e['delta_preference']['ci95'])}",
+                     e.get("note", "")]
                     for e in t["runs"]]) + [""]
             grows = []
             for g, s in t.get("groups", {}).items():

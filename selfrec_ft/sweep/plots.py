@@ -77,7 +77,12 @@ def plot_recognition_vs_preference(analysis: Mapping[str, Any], path: str | os.P
                     label=f"fit (slope {slope:.2f})")
         c = analysis.get("correlation", {}).get(dom, {})
         r_val = (c.get("pearson") or {}).get("r")
-        ax.set_title(dom + (f"  (r = {r_val:.2f})" if r_val is not None else ""))
+        p_run = ((c.get("pearson") or {}).get("run_level") or {}).get("p_value")
+        title = dom + (f"  (r = {r_val:.2f}" if r_val is not None else "")
+        if r_val is not None:
+            title += (f", run-level p = {p_run:.2g}" if p_run is not None else "") + (
+                ": supported)" if c.get("supported") else ": not supported)")
+        ax.set_title(title, fontsize=9)
         ax.axhline(0.5, color="grey", lw=0.5)
         ax.axvline(0.5, color="grey", lw=0.5)
         ax.set_xlabel("recognition (pairwise)")

@@ -117,6 +117,12 @@ class SelfRecDataArguments:
         metadata={"help": "Where `demo://` models and corpora are built (default: $SELFREC_DEMO_CACHE or "
                   "~/.cache/selfrec_ft/demo)."},
     )
+    label_ties: str = field(
+        default="drop",
+        metadata={"help": "Pairs tied on a control strategy's property (length, vowelcount, readability): "
+                  "drop (default: left out and counted) or position1 (labelled 1, which trains a position bias).",
+                  "choices": ["drop", "position1"]},
+    )
 
     def __post_init__(self) -> None:
         self.others = split_list(self.others)
