@@ -15,11 +15,16 @@ Every figure is the wall time of a fresh process (``subprocess``), the median of
 * ``eval_first_row_s``: until the first scored row is in ``OUT/examples.jsonl``; ``eval_total_s``:
   until the process exits.
 
+``*_cpu_s`` is the CPU time (user + system, every thread) the process used up to the same point: on a
+loaded machine the wall times stretch while the CPU times barely move, so they show what an idle
+machine would see (for a single-threaded start-up, wall ~= CPU there). ``eval_start_scoring_cpu_s``
+is read from ``/proc`` when the bar appears (Linux only).
+
 ``selfrec`` is the console script next to this interpreter (``python -m selfrec_ft`` when there is
 none; ``launcher`` says which). ``load_avg`` is the 1/5/15-minute load average at the start: on a
 shared machine, compare figures only at similar load. With ``--imports`` every heavy package (torch,
-transformers, scipy, scikit-learn, ...) that ``selfrec --help`` and ``selfrec eval --help`` import is
-listed with its cumulative import time and the selfrec_ft modules that imported it
+transformers, scipy, scikit-learn, ...) that ``selfrec --help``, ``selfrec eval --help`` and the
+timed ``selfrec eval`` import is listed with its cumulative import time and the selfrec_ft modules that imported it
 (``python -X importtime``; the chain stops below the command module, which the CLI imports with
 ``importlib`` and ``-X importtime`` does not nest).
 
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -52,22 +58,42 @@ def selfrec_command() -> tuple[list[str], str]:
     return [sys.executable, "-m", "selfrec_ft"], "python -m selfrec_ft"
 
 
-def wall(argv: list[str]) -> float:
-    t0 = time.perf_counter()
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wall(argv: list[str]) -> tuple[float, float]:
+    """``(wall seconds, CPU seconds)`` of one run of ``argv``."""
+    cpu0, t0 = children_cpu(), time.perf_counter()
     out = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV, cwd=REPO)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, children_cpu() - cpu0
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed: {out.stderr.decode()[-500:]}")
-    return seconds
+    return seconds, cpu
+
+
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system, all threads) a running process has used so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def eval_command(model: Path, corpus: Path, out: Path) -> list[str]:
+    """``eval`` and its arguments: 4 held-out articles, recognition and preference against one source."""
+    return ["eval", "--model", str(model), "--corpus", str(corpus), "--self-source", "lead", "--others", "human",
+            "--tasks", "pairwise-recognition,pairwise-preference", "--limit", "4", "--batch-size", "8",
+            "--n-resamples", "200", "--out", str(out)]
 
 
 def timed_eval(selfrec: list[str], model: Path, corpus: Path, out: Path) -> dict[str, float]:
     """Run ``selfrec eval`` once; the times (from process start) of its milestones."""
     if out.exists():
         shutil.rmtree(out)
-    argv = [*selfrec, "eval", "--model", str(model), "--corpus", str(corpus), "--self-source", "lead",
-            "--others", "human", "--tasks", "pairwise-recognition,pairwise-preference", "--limit", "4",
-            "--batch-size", "8", "--n-resamples", "200", "--out", str(out)]
+    argv = [*selfrec, *eval_command(model, corpus, out)]
     marks: dict[str, float] = {}
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV, cwd=REPO)
@@ -78,6 +104,9 @@ def timed_eval(selfrec: list[str], model: Path, corpus: Path, out: Path) -> dict
             err.extend(chunk)
             if "eval_start_scoring_s" not in marks and b"%|" in err:  # tqdm's bar: "evaluating:   0%|"
                 marks["eval_start_scoring_s"] = time.perf_counter() - t0
+                cpu = process_cpu(proc.pid)
+                if cpu is not None:
+                    marks["eval_start_scoring_cpu_s"] = cpu
 
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
@@ -124,31 +153,38 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure (median reported; default 3)")
     ap.add_argument("--json", help="also write the JSON here")
     ap.add_argument("--imports", action="store_true",
-                    help="list the heavy imports of `selfrec --help` and `selfrec eval --help` and who imports them")
+                    help="list the heavy imports of `selfrec --help`, `selfrec eval --help` and `selfrec eval`, "
+                    "and who imports them")
     args = ap.parse_args()
     selfrec, launcher = selfrec_command()
     result: dict = {"launcher": launcher, "python": sys.version.split()[0], "cpus": os.cpu_count(),
                     "load_avg": [round(x, 2) for x in os.getloadavg()], "repeat": args.repeat}
     wall([*selfrec, "--help"])  # warm the file cache and the byte-code; not counted
-    help_runs = [wall([*selfrec, "--help"]) for _ in range(args.repeat)]
-    eval_help_runs = [wall([*selfrec, "eval", "--help"]) for _ in range(args.repeat)]
-    result.update(help_s=round(statistics.median(help_runs), 3), help_runs_s=[round(x, 3) for x in help_runs],
-                  eval_help_s=round(statistics.median(eval_help_runs), 3),
-                  eval_help_runs_s=[round(x, 3) for x in eval_help_runs])
+    for key, command in (("help", ["--help"]), ("eval_help", ["eval", "--help"])):
+        runs = [wall([*selfrec, *command]) for _ in range(args.repeat)]
+        result[f"{key}_s"] = round(statistics.median(w for w, _ in runs), 3)
+        result[f"{key}_cpu_s"] = round(statistics.median(c for _, c in runs), 3)
+        result[f"{key}_runs_s"] = [round(w, 3) for w, _ in runs]
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
         tmp = Path(tmp)
         wall([*selfrec, "make-tiny-model", str(tmp / "model")])
         wall([*selfrec, "synth-corpus", str(tmp / "corpus"), "--n", "8"])
         runs = [timed_eval(selfrec, tmp / "model", tmp / "corpus", tmp / "out") for _ in range(args.repeat)]
-    for key in ("eval_start_scoring_s", "eval_config_written_s", "eval_first_row_s", "eval_total_s"):
+        if args.imports:
+            shutil.rmtree(tmp / "out")
+            result["heavy_imports"] = {
+                "selfrec --help": heavy_import_chains(selfrec, ["--help"]),
+                "selfrec eval --help": heavy_import_chains(selfrec, ["eval", "--help"]),
+                "selfrec eval (tiny model)": heavy_import_chains(
+                    selfrec, eval_command(tmp / "model", tmp / "corpus", tmp / "out")),
+            }
+    for key in ("eval_start_scoring_s", "eval_start_scoring_cpu_s", "eval_config_written_s", "eval_first_row_s",
+                "eval_total_s"):
         values = [r[key] for r in runs if key in r]
         result[key] = round(statistics.median(values), 3) if values else None
         result[key.removesuffix("_s") + "_runs_s"] = [round(v, 3) for v in values]
     result["targets"] = {"help_s": 1.0, "eval_start_scoring_s": 3.0}
     result["meets_targets"] = {k: result[k] is not None and result[k] <= v for k, v in result["targets"].items()}
-    if args.imports:
-        result["heavy_imports"] = {"selfrec --help": heavy_import_chains(selfrec, ["--help"]),
-                                   "selfrec eval --help": heavy_import_chains(selfrec, ["eval", "--help"])}
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
