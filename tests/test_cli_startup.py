@@ -168,3 +168,12 @@ def test_a_missing_demo_config_is_one_error_line(tmp_path, monkeypatch, capsys):
     assert "recipes/demo/selfrec_sft.yaml" in line and "--config" in line
     assert main(["sweep"]) == 2
     assert "recipes/demo/sweep.yaml" in one_error_line(capsys.readouterr().err)
+
+
+def test_the_demo_sweep_finds_its_base_config_from_any_working_directory(tmp_path, monkeypatch):
+    from selfrec_ft.scripts.configs import demo_config
+    from selfrec_ft.sweep.config import load_sweep_config
+
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep_config(demo_config("sweep.yaml"), tmp_path / "sweep")
+    assert sweep.base_path.resolve() == REPO / "recipes" / "demo" / "selfrec_sft.yaml" and sweep.runs
