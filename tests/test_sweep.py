@@ -13,7 +13,8 @@ import yaml
 
 from selfrec_ft.errors import UserError
 from selfrec_ft.sweep import runner
-from selfrec_ft.sweep.runner import load_sweep_config, run_sweep
+from selfrec_ft.sweep.config import load_sweep_config
+from selfrec_ft.sweep.runner import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,8 +15,8 @@ from selfrec_ft.attributes.measures import (
     p2_length_comparison,
     word_count,
 )
+from selfrec_ft.attributes.names import PROPERTY_NAMES, PROPERTY_SLUGS, property_name
 from selfrec_ft.attributes.registry import (
-    PROPERTY_NAMES,
     Property,
     compare_scores,
     deterministic_properties,
@@ -30,6 +30,7 @@ __all__ = [
     "MEASURES",
     "Measure",
     "PROPERTY_NAMES",
+    "PROPERTY_SLUGS",
     "Property",
     "compare",
     "compare_scores",
@@ -42,5 +43,6 @@ __all__ = [
     "measure_all",
     "p2_length_comparison",
     "properties",
+    "property_name",
     "word_count",
 ]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Iterable
 
+from selfrec_ft.attributes.names import BY_SLUG, LENGTHY, property_name
 from selfrec_ft.errors import UserError
 
 # ---------------------------------------------------------------------------------------------
@@ -288,18 +289,16 @@ class Measure:
         return float(self.fn(text))
 
 
-LENGTHY = "lengthy"
-
 MEASURES: dict[str, Measure] = {
     m.name: m
     for m in (
-        Measure("use complex word usage and sentence structure", complexity_grade, 0.5,
+        Measure(BY_SLUG["complex_language"], complexity_grade, 0.5,
                 "Flesch-Kincaid grade level; ties within 0.5 grade"),
-        Measure("well formatted", formatting_score, 0.1,
+        Measure(BY_SLUG["well_formatted"], formatting_score, 0.1,
                 "structure score in [0, 2); ties within 0.1"),
-        Measure("use informal expressions", informality_rate, 0.005,
+        Measure(BY_SLUG["informal"], informality_rate, 0.005,
                 "informal markers per word; ties within 0.005 (half a marker per 100 words)"),
-        Measure("non-repetitive", non_repetition, 0.01,
+        Measure(BY_SLUG["non_repetitive"], non_repetition, 0.01,
                 "distinct / all word trigrams; ties within 0.01"),
         Measure(LENGTHY, word_count, 0.0, "P2 word count; compared with P2's thresholded rule"),
     )
@@ -308,14 +307,10 @@ MEASURES: dict[str, Measure] = {
 
 
 def _measure(prop: str) -> Measure:
-    if prop in MEASURES:
-        return MEASURES[prop]
-    from selfrec_ft.attributes.registry import get_property
-
-    p = get_property(prop)  # raises UserError for an unknown name
-    if p.name not in MEASURES:
-        raise UserError(f"property {p.name!r} has no deterministic measure (it needs a judge)")
-    return MEASURES[p.name]
+    name = property_name(prop)  # raises UserError for an unknown name
+    if name not in MEASURES:
+        raise UserError(f"property {name!r} has no deterministic measure (it needs a judge)")
+    return MEASURES[name]
 
 
 def compare_values(prop: str, value1: float, value2: float, tolerance: float | None = None) -> int:

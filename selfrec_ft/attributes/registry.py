@@ -1,8 +1,8 @@
 """P2's 29 response properties, in P2's feature order, and how the toolkit measures each.
 
 Each :class:`Property` carries its exact P2 name (the keys of P2's
-``prompts/all_characteristics.yaml``; also the order of P2's fitted weights), a short slug, a
-definition, and its method:
+``prompts/all_characteristics.yaml``; also the order of P2's fitted weights) and its short slug, both
+from :mod:`selfrec_ft.attributes.names` (the one list of the 29 names), a definition, and its method:
 
 * ``deterministic``: a text measure in :mod:`selfrec_ft.attributes.measures` (``measure``);
 * ``judge``: needs a local judge model. The registry keeps what a judge prompt needs: the
@@ -16,13 +16,13 @@ The definitions below are restated in this toolkit's words. :func:`properties` w
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
 from selfrec_ft.attributes.measures import MEASURES, Measure, compare_values
+from selfrec_ft.attributes.names import BY_SLUG, PROPERTY_NAMES, property_name
 from selfrec_ft.errors import UserError
 
 Method = Literal["deterministic", "judge"]
@@ -54,13 +54,14 @@ class Property:
         return MEASURES.get(self.name) if self.method == "deterministic" else None
 
 
-def _p(index, name, slug, definition, *, scale=RATING, higher_is_better=True, needs_query=False,
+def _p(slug, definition, *, scale=RATING, higher_is_better=True, needs_query=False,
        applies_when=None, p2_annotation="", p2_comparison="sign") -> Property:
+    name = BY_SLUG[slug]
     method: Method = "deterministic" if name in MEASURES else "judge"
     if method == "deterministic":
         scale = MEASURES[name].unit
-    return Property(index, name, slug, definition, method, scale, higher_is_better, needs_query,
-                    applies_when, p2_annotation, p2_comparison)
+    return Property(PROPERTY_NAMES.index(name), name, slug, definition, method, scale, higher_is_better,
+                    needs_query, applies_when, p2_annotation, p2_comparison)
 
 
 _QF = "query-free pairwise rating, key {!r}"
@@ -69,120 +70,119 @@ _QA2 = "query-aware rating per query item (query shown), key {!r}"
 _ACC = "accuracy check with a reference answer; errors counted by severity ({})"
 
 _PROPERTIES: tuple[Property, ...] = (
-    _p(0, "harmless", "harmless",
+    _p("harmless",
        "Contains nothing dangerous, offensive, insulting or inappropriate, and discriminates against "
        "no group (race, gender, age, religion, disability, class, culture, language, ...).",
        p2_annotation=_QF.format("harmlessness")),
-    _p(1, "no grammar, spelling, punctuation, and code-switching mistakes", "no_grammar_errors",
+    _p("no_grammar_errors",
        "Grammatical, correctly spelled and punctuated, and written in one language throughout.",
        p2_annotation=_QF.format("grammar, spelling, punctuation, and code-switching")),
-    _p(2, "friendly", "friendly",
+    _p("friendly",
        "Warm, welcoming and positive in tone, so that the reader feels valued.",
        p2_annotation=_QF.format("friendly")),
-    _p(3, "polite", "polite",
+    _p("polite",
        "Courteous and respectful; nothing curt or disrespectful.",
        p2_annotation=_QF.format("polite")),
-    _p(4, "interactive", "interactive",
+    _p("interactive",
        "Engages the user by asking for information that would help, or by proposing follow-up "
        "questions.",
        p2_annotation=_QF.format("interactive")),
-    _p(5, "authoritative tone", "authoritative",
+    _p("authoritative",
        "Sounds confident and expert: decisive statements, an authoritative stance.",
        p2_annotation=_QF.format("authoritative tone")),
-    _p(6, "funny and humorous", "funny",
+    _p("funny",
        "Meant to amuse: wit, jokes, puns or playful language.",
        p2_annotation=_QF.format("funny and humorous")),
-    _p(7, "use metaphors, personification, similes, hyperboles, irony, parallelism",
-       "rhetorical_devices",
+    _p("rhetorical_devices",
        "Uses figures of speech (metaphor, simile, personification, hyperbole, irony, parallelism) to "
        "be more engaging.",
        p2_annotation=_QF.format("metaphors, personification, similes, hyperboles, irony, parallelism")),
-    _p(8, "use complex word usage and sentence structure", "complex_language",
+    _p("complex_language",
        "Uses rare or sophisticated vocabulary, technical terms, or long and complex sentences.",
        p2_annotation=_QF.format("complex word usage and sentence structure")),
-    _p(9, "use of direct and explicit supporting materials", "supporting_materials",
+    _p("supporting_materials",
        "Backs its content with explicit support: references, citations, statistics, named sources, "
        "documents.",
        p2_annotation=_QF.format("use of direct and explicit supporting materials")),
-    _p(10, "well formatted", "well_formatted",
+    _p("well_formatted",
        "Visibly structured: bullet or numbered lists, tables, headings, or structured formats such "
        "as markup or JSON.",
        p2_annotation=_QF.format("well formatted")),
-    _p(11, "admit limitations or mistakes", "admit_limitations",
+    _p("admit_limitations",
        "Says plainly what the assistant cannot do or that it made a mistake.",
        p2_annotation=_QF.format("admit limitations or mistakes")),
-    _p(12, "persuade user", "persuasive",
+    _p("persuasive",
        "Tries to convince the reader of a view or to take (or avoid) an action, with compelling "
        "arguments.",
        p2_annotation=_QF.format("persuade user")),
-    _p(13, "provide step by step solution", "step_by_step",
+    _p("step_by_step",
        "Reaches its answer through explicit intermediate steps of reasoning (a plain list of items "
        "or a single code block does not count).",
        p2_annotation=_QF.format("step by step solution")),
-    _p(14, "use informal expressions", "informal",
+    _p("informal",
        "Casual register: slang, emojis, contractions, interjections or other informal wording.",
        p2_annotation=_QF.format("use of informal expressions")),
-    _p(15, "non-repetitive", "non_repetitive",
+    _p("non_repetitive",
        "Says each thing once; does not repeat the same content or information.",
        p2_annotation=_QF.format("repetitive") + ", feature negated"),
-    _p(16, "clear and understandable", "clear",
+    _p("clear",
        "Easy to read and to understand, with nothing ambiguous or confusing.",
        p2_annotation=_QF.format("clear and understandable")),
-    _p(17, "relevant", "relevant",
+    _p("relevant",
        "Stays on the user's request and contains nothing unrelated to it (a loose standard).",
        needs_query=True, p2_annotation=_QA1.format("relevance without considering inaccuracy"),
        p2_comparison="zero_vs_nonzero"),
-    _p(18, "innovative and novel", "novel",
+    _p("novel",
        "Goes beyond run-of-the-mill content with an original perspective, idea or solution.",
        needs_query=True, p2_annotation=_QA1.format("innovative and novel")),
-    _p(19, "contain rich information", "rich_information",
+    _p("rich_information",
        "Gives plenty of substance: background, examples, explanations, specific details.",
        p2_annotation=_QF.format("information richness without considering inaccuracy")),
-    _p(20, "no minor errors", "no_minor_errors",
+    _p("no_minor_errors",
        "No minor errors (ones that barely affect correctness): factual errors, contradictions of the "
        "query, wrong calculations, faulty code.",
        scale=ERRORS, higher_is_better=False, needs_query=True, p2_annotation=_ACC.format("Minor")),
-    _p(21, "no moderate errors", "no_moderate_errors",
+    _p("no_moderate_errors",
        "No moderate errors (ones that affect overall correctness): factual errors, contradictions of "
        "the query, wrong calculations, faulty code.",
        scale=ERRORS, higher_is_better=False, needs_query=True, p2_annotation=_ACC.format("Moderate")),
-    _p(22, "no severe errors", "no_severe_errors",
+    _p("no_severe_errors",
        "No severe errors (ones that make the response wrong as a whole): factual errors, "
        "contradictions of the query, wrong calculations, faulty code.",
        scale=ERRORS, higher_is_better=False, needs_query=True, p2_annotation=_ACC.format("Severe")),
-    _p(23, "clarify user intent", "clarify_intent",
+    _p("clarify_intent",
        "When the request is unclear: covers the likely meanings, infers sensibly, and asks what the "
        "user means.",
        needs_query=True, applies_when="the query's intent is unclear",
        p2_annotation=_QA2.format("clarify user intent")),
-    _p(24, "show empathetic", "empathetic",
+    _p("empathetic",
        "When the user expresses feelings: acknowledges them with compassion and support.",
        needs_query=True, applies_when="the query explicitly expresses feelings",
        p2_annotation=_QA2.format("showing empathetic")),
-    _p(25, "satisfy explicit constraints", "satisfy_constraints",
+    _p("satisfy_constraints",
        "Meets every explicit constraint of the request (words to use, length limit, format, number "
        "of items, ...).",
        needs_query=True, applies_when="the query states explicit constraints",
        p2_annotation=_QA2.format("satisfying explicit constraints") + ", averaged over constraints"),
-    _p(26, "support explicit subjective stances", "support_stances",
+    _p("support_stances",
        "Goes along with opinions, preferences or beliefs the user states, even wrong or contested "
        "ones.",
        needs_query=True, applies_when="the query states subjective stances",
        p2_annotation=_QA2.format("supporting explicit subjective stances")
        + ", strongly opposed -2 .. strongly supported +2"),
-    _p(27, "correct explicit mistakes or biases", "correct_mistakes",
+    _p("correct_mistakes",
        "Points out and corrects mistakes or unfounded biases stated in the request, or offers a "
        "fairer view.",
        needs_query=True, applies_when="the query contains mistakes or biases",
        p2_annotation=_QA2.format("correcting explicit mistakes or biases")
        + ", neither 0 .. pointed out and corrected 3"),
-    _p(28, "lengthy", "lengthy",
+    _p("lengthy",
        "Longer: more words.",
        p2_annotation="word count of each response", p2_comparison="length_rule"),
 )
 
-PROPERTY_NAMES: tuple[str, ...] = tuple(p.name for p in _PROPERTIES)
-"""The 29 exact P2 names in P2's feature order."""
+if tuple(p.name for p in _PROPERTIES) != PROPERTY_NAMES:  # a programming error, caught on import
+    raise RuntimeError("the registry must list every property of attributes.names once, in feature order")
 
 
 def load_p2_definitions(path: str | os.PathLike) -> dict[str, str]:
@@ -230,20 +230,9 @@ def properties(definitions_path: str | os.PathLike | None = None) -> tuple[Prope
     return _with_definitions(os.path.abspath(os.fspath(definitions_path)))
 
 
-def get_property(name: str, definitions_path: str | os.PathLike | None = None) -> Property:
+def get_property(name: str | int, definitions_path: str | os.PathLike | None = None) -> Property:
     """A property by exact P2 name, slug or feature index (as a string or int)."""
-    props = properties(definitions_path)
-    if isinstance(name, int) or (isinstance(name, str) and name.isdigit()):
-        i = int(name)
-        if 0 <= i < len(props):
-            return props[i]
-        raise UserError(f"property index {i} out of range 0..{len(props) - 1}")
-    for p in props:
-        if name in (p.name, p.slug):
-            return p
-    close = difflib.get_close_matches(str(name), [p.slug for p in props] + list(PROPERTY_NAMES), n=3)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise UserError(f"unknown P2 property {name!r}{hint}")
+    return properties(definitions_path)[PROPERTY_NAMES.index(property_name(name))]
 
 
 def deterministic_properties() -> tuple[Property, ...]:

@@ -1,4 +1,10 @@
-"""The ``selfrec`` command line. Each subcommand lives in its own module with ``register(sub)``."""
+"""The ``selfrec`` command line. Each subcommand lives in its own module with ``register(sub)``.
+
+Building the parser imports no heavy module (torch, transformers, trl, scipy, ...): command modules
+read their choices and defaults from :mod:`selfrec_ft.defaults` and import what they run inside
+their run functions. ``selfrec train``, ``selfrec dpo`` and ``selfrec sweep`` hand their arguments
+to the recipes' entry points in :mod:`selfrec_ft.scripts`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,9 @@ import argparse
 import importlib
 import sys
 
-from selfrec_ft.errors import UserError
+from selfrec_ft.cli.common import run_main
+
+__all__ = ["COMMAND_MODULES", "build_parser", "main", "run_main"]
 
 # Modules under selfrec_ft.cli that define subcommands, in help order.
 COMMAND_MODULES = [
@@ -14,6 +22,7 @@ COMMAND_MODULES = [
     "model_cmds",
     "generate_cmd",
     "pairs_cmd",
+    "train_cmds",
     "eval_cmd",
     "eval_checkpoints_cmd",
     "report_cmd",
@@ -35,18 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        rc = args.func(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    args = build_parser().parse_args(argv)
+    rc = run_main(args.func, args)
     if "torch.distributed" in sys.modules:  # e.g. `accelerate launch -m selfrec_ft eval ...`
         from selfrec_ft.scoring.engine import release_distributed
 
         release_distributed()  # a process group left to the interpreter's exit can abort a rank
-    return int(rc or 0)
+    return rc

@@ -1,8 +1,30 @@
-"""Argument types shared by the `selfrec` subcommands."""
+"""What every ``selfrec`` command and recipe shares: the one ``UserError`` handler and argument types.
+
+Standard library only: command modules import this while the parser is built.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
+
+from selfrec_ft.errors import UserError
+
+
+def run_main(func: Callable[..., int | None], *args, **kwargs) -> int:
+    """``func(*args, **kwargs)`` as a program: its return value is the exit status (None is 0); a
+    :class:`UserError` prints ``error: <message>`` as one line on stderr and gives 2; Ctrl-C prints
+    ``interrupted`` and gives 130. The ``selfrec`` command line and the three recipes all end here."""
+    try:
+        rc = func(*args, **kwargs)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
 
 
 def int_at_least(minimum: int):

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 
 from selfrec_ft.cli.common import int_at_least
+from selfrec_ft.defaults import DEFAULT_PRESET, DTYPE_CHOICES, GENERATION_BACKENDS, GENERATION_DOMAINS
 from selfrec_ft.errors import UserError
-from selfrec_ft.generation.clean import DOMAINS
-from selfrec_ft.generation.generate import BACKENDS, generate_summaries
-from selfrec_ft.prompts.templates import DEFAULT_PRESET
 
 
 def register(sub) -> None:
@@ -27,7 +25,7 @@ def register(sub) -> None:
     p.add_argument("--source", required=True, metavar="NAME", help="source name recorded on each row")
     p.add_argument("--prompt-preset", default=DEFAULT_PRESET, metavar="NAME",
                    help=f"prompt preset name or YAML path (default {DEFAULT_PRESET})")
-    p.add_argument("--domain", choices=DOMAINS, default="short",
+    p.add_argument("--domain", choices=GENERATION_DOMAINS, default="short",
                    help="short: one sentence (XSUM-like); highlights: 3-4 lines (CNN/DM-like)")
     p.add_argument("--max-new-tokens", type=int_at_least(1), default=100, metavar="T", help="default 100")
     p.add_argument("--batch-size", type=int_at_least(1), default=8, metavar="B",
@@ -43,14 +41,17 @@ def register(sub) -> None:
                    "the default output is the corpus's candidates.jsonl")
     p.add_argument("--seed", type=int, metavar="S",
                    help="sampling seed; candidate k of an article always uses the same stream (default 0)")
-    p.add_argument("--backend", choices=BACKENDS, default="hf", help="hf (default) or vllm (GPU, pip install vllm)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"),
+    p.add_argument("--backend", choices=GENERATION_BACKENDS, default="hf",
+                   help="hf (default) or vllm (GPU, pip install vllm)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES,
                    help="weights dtype (default bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--out", metavar="FILE", help="output JSONL (default: the corpus's summaries.jsonl)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from selfrec_ft.generation.generate import generate_summaries
+
     sampling = {"--temperature": args.temperature, "--top-p": args.top_p,
                 "--num-return-sequences": args.num_return_sequences, "--seed": args.seed}
     if not args.sample:

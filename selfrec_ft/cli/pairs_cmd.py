@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 
 from selfrec_ft.cli.common import split_list
-from selfrec_ft.data.corpus import load_corpus
-from selfrec_ft.jsonl import atomic_write_text
-from selfrec_ft.pairs.build import build_pairwise_dataset
-from selfrec_ft.pairs.labels import STRATEGIES
-from selfrec_ft.prompts.templates import DEFAULT_PRESET
+from selfrec_ft.defaults import DEFAULT_PRESET, LABEL_STRATEGIES
 
 
 def _pairs(args) -> int:
+    from selfrec_ft.data.corpus import load_corpus
+    from selfrec_ft.jsonl import atomic_write_text
+    from selfrec_ft.pairs.build import build_pairwise_dataset
+
     tokenizer = None
     if args.tokenizer:
         from selfrec_ft.models.loading import load_tokenizer
@@ -36,7 +36,7 @@ def register(sub) -> None:
     p.add_argument("--self-source", required=True, help="the evaluator's own source name")
     p.add_argument("--others", help="comma-separated other sources (default: all others)")
     p.add_argument("--n-articles", type=int, required=True, help="use the first N articles")
-    p.add_argument("--labels", default="self", choices=STRATEGIES)
+    p.add_argument("--labels", default="self", choices=LABEL_STRATEGIES)
     p.add_argument("--flip-fraction", type=float, help="mix self/other labels: this fraction gets 'other'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt-preset", default=DEFAULT_PRESET, help="preset name or YAML template file")

@@ -4,21 +4,27 @@ judge's pairwise preferences on property comparisons to see which properties dri
 * :mod:`.properties`: P2's 29 property names in feature order, the ``self`` feature, P2's weights.
 * :mod:`.fit`: Bayesian logistic regression (MAP + Laplace interval; optional exact NUTS mode).
 * :mod:`.run`: comparisons file -> report.json, report.md, bar chart (``selfrec dissect``).
+
+The names below are loaded on first use (PEP 562): importing one submodule does not import the
+others (numpy, scipy, matplotlib).
 """
 
-from selfrec_ft.dissection.fit import Fit, accuracy, fit, fit_map, fit_nuts
-from selfrec_ft.dissection.properties import (
-    FEATURES,
-    PROPERTIES,
-    SELF,
-    load_fitted_file,
-    load_fitted_params,
-    preference_scores,
-)
-from selfrec_ft.dissection.run import Comparisons, dissect, read_comparisons, run_dissection
+import importlib
 
-__all__ = [
-    "FEATURES", "PROPERTIES", "SELF", "Comparisons", "Fit", "accuracy", "dissect", "fit", "fit_map",
-    "fit_nuts", "load_fitted_file", "load_fitted_params", "preference_scores", "read_comparisons",
-    "run_dissection",
-]
+_EXPORTS = {
+    **dict.fromkeys(("Fit", "accuracy", "fit", "fit_map", "fit_nuts"), "selfrec_ft.dissection.fit"),
+    **dict.fromkeys(("FEATURES", "PROPERTIES", "SELF", "load_fitted_file", "load_fitted_params",
+                     "preference_scores"), "selfrec_ft.dissection.properties"),
+    **dict.fromkeys(("Comparisons", "dissect", "read_comparisons", "run_dissection"), "selfrec_ft.dissection.run"),
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -14,52 +14,55 @@ from pathlib import Path
 
 import numpy as np
 
+from selfrec_ft.attributes.names import BY_SLUG, PROPERTY_NAMES
 from selfrec_ft.errors import UserError
 
-# (name exactly as P2 spells it, short label for plots, short definition), in P2's feature order 0..28.
+# (slug in selfrec_ft.attributes.names, short label for plots, short definition), in P2's feature order 0..28.
 _TABLE: tuple[tuple[str, str, str], ...] = (
     ("harmless", "harmless", "nothing dangerous, offensive or discriminatory"),
-    ("no grammar, spelling, punctuation, and code-switching mistakes", "no grammar mistakes",
+    ("no_grammar_errors", "no grammar mistakes",
      "correct grammar, spelling and punctuation; no mixing of languages"),
     ("friendly", "friendly", "warm, welcoming, positive tone"),
     ("polite", "polite", "courteous and respectful towards the user"),
     ("interactive", "interactive", "asks the user for more information or offers follow-up questions"),
-    ("authoritative tone", "authoritative tone", "confident, decisive, expert-sounding"),
-    ("funny and humorous", "funny", "witty, playful, meant to amuse"),
-    ("use metaphors, personification, similes, hyperboles, irony, parallelism", "rhetorical devices",
+    ("authoritative", "authoritative tone", "confident, decisive, expert-sounding"),
+    ("funny", "funny", "witty, playful, meant to amuse"),
+    ("rhetorical_devices", "rhetorical devices",
      "uses figures of speech to be more engaging"),
-    ("use complex word usage and sentence structure", "complex wording",
+    ("complex_language", "complex wording",
      "rare words, jargon or complex sentences"),
-    ("use of direct and explicit supporting materials", "supporting materials",
+    ("supporting_materials", "supporting materials",
      "cites references, statistics, sources or documents"),
-    ("well formatted", "well formatted", "lists, tables, headings or structured formats"),
-    ("admit limitations or mistakes", "admit limitations",
+    ("well_formatted", "well formatted", "lists, tables, headings or structured formats"),
+    ("admit_limitations", "admit limitations",
      "openly states what it cannot do or that it was wrong"),
-    ("persuade user", "persuasive", "tries to convince the user of a view or an action"),
-    ("provide step by step solution", "step by step", "derives the answer through explicit steps"),
-    ("use informal expressions", "informal", "emojis, slang or casual phrasing"),
-    ("non-repetitive", "non-repetitive", "does not repeat the same content"),
-    ("clear and understandable", "clear", "easy to read, unambiguous"),
+    ("persuasive", "persuasive", "tries to convince the user of a view or an action"),
+    ("step_by_step", "step by step", "derives the answer through explicit steps"),
+    ("informal", "informal", "emojis, slang or casual phrasing"),
+    ("non_repetitive", "non-repetitive", "does not repeat the same content"),
+    ("clear", "clear", "easy to read, unambiguous"),
     ("relevant", "relevant", "about the query, no unrelated content (a loose standard)"),
-    ("innovative and novel", "novel", "original ideas rather than run-of-the-mill content"),
-    ("contain rich information", "rich information", "background, examples, explanations, details"),
-    ("no minor errors", "no minor errors", "no errors that barely affect correctness"),
-    ("no moderate errors", "no moderate errors", "no errors that affect overall correctness"),
-    ("no severe errors", "no severe errors", "no errors that make the response wrong"),
-    ("clarify user intent", "clarify intent",
+    ("novel", "novel", "original ideas rather than run-of-the-mill content"),
+    ("rich_information", "rich information", "background, examples, explanations, details"),
+    ("no_minor_errors", "no minor errors", "no errors that barely affect correctness"),
+    ("no_moderate_errors", "no moderate errors", "no errors that affect overall correctness"),
+    ("no_severe_errors", "no severe errors", "no errors that make the response wrong"),
+    ("clarify_intent", "clarify intent",
      "for an unclear query: infers sensibly and asks what the user means"),
-    ("show empathetic", "show empathy", "for a query expressing feelings: acknowledges and supports them"),
-    ("satisfy explicit constraints", "satisfy constraints",
+    ("empathetic", "show empathy", "for a query expressing feelings: acknowledges and supports them"),
+    ("satisfy_constraints", "satisfy constraints",
      "meets every explicit constraint of the query (length, format, words, ...)"),
-    ("support explicit subjective stances", "support stances",
+    ("support_stances", "support stances",
      "goes along with the user's stated opinions or beliefs, even wrong ones"),
-    ("correct explicit mistakes or biases", "correct mistakes",
+    ("correct_mistakes", "correct mistakes",
      "points out and corrects mistakes or biases stated in the query"),
     ("lengthy", "lengthy", "longer (P2: thresholded word-count comparison)"),
 )
 
-PROPERTIES: tuple[str, ...] = tuple(name for name, _, _ in _TABLE)
-"""The 29 P2 property names in P2's feature (parameter) order."""
+PROPERTIES: tuple[str, ...] = PROPERTY_NAMES
+"""The 29 P2 property names in P2's feature (parameter) order (:mod:`selfrec_ft.attributes.names`)."""
+if tuple(BY_SLUG[slug] for slug, _, _ in _TABLE) != PROPERTIES:  # a programming error, caught on import
+    raise RuntimeError("the label table must list every property of attributes.names once, in feature order")
 
 SELF = "self"
 """Extra feature: +1 when response 1 is the evaluator's own, -1 when response 2 is, 0 otherwise."""
@@ -67,8 +70,8 @@ SELF = "self"
 FEATURES: tuple[str, ...] = PROPERTIES + (SELF,)
 """Every feature name accepted in a comparisons file: the 29 properties, then ``self``."""
 
-SHORT_LABELS: dict[str, str] = {name: short for name, short, _ in _TABLE} | {SELF: "self (own response)"}
-DEFINITIONS: dict[str, str] = {name: d for name, _, d in _TABLE} | {
+SHORT_LABELS: dict[str, str] = {BY_SLUG[slug]: short for slug, short, _ in _TABLE} | {SELF: "self (own response)"}
+DEFINITIONS: dict[str, str] = {BY_SLUG[slug]: d for slug, _, d in _TABLE} | {
     SELF: "response 1 is the evaluator's own output"
 }
 

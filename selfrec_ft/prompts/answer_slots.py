@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from selfrec_ft.errors import UserError
-from selfrec_ft.prompts.templates import chat_text, encode
+from selfrec_ft.prompts.chat import chat_text, encode
 
 
 @dataclass(frozen=True)

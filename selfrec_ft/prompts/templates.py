@@ -17,9 +17,10 @@ from typing import Any
 
 import yaml
 
-from selfrec_ft.errors import UserError
-
 from selfrec_ft.defaults import CONTROL_TASKS, DEFAULT_PRESET, INDIVIDUAL_TASKS, PAIRWISE_TASKS  # noqa: F401
+from selfrec_ft.errors import UserError
+from selfrec_ft.prompts.answer_slots import resolve_answer_slot
+from selfrec_ft.prompts.chat import chat_text, encode  # noqa: F401  (re-exported: callers import them from here)
 
 
 @dataclass(frozen=True)
@@ -123,26 +124,6 @@ def load_preset(name_or_path: str | os.PathLike = DEFAULT_PRESET) -> PromptPrese
     return _parse_preset(data, source)
 
 
-def chat_text(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-    """Render ``messages`` with the tokenizer's chat template (a system turn is folded into the user
-    turn for templates that reject the system role)."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserError(f"tokenizer {tokenizer.name_or_path!r} has no chat template")
-    try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    except Exception:
-        if messages and messages[0]["role"] == "system" and len(messages) > 1:
-            merged = [{"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}]
-            return tokenizer.apply_chat_template(merged + messages[2:], tokenize=False,
-                                                 add_generation_prompt=add_generation_prompt)
-        raise
-
-
-def encode(tokenizer, text: str) -> list[int]:
-    """Token ids of already-rendered chat text (the template carries its own special tokens)."""
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
 @dataclass
 class RenderedPrompt:
     input_ids: list[int]
@@ -176,8 +157,6 @@ def render_prompt(tokenizer, template: TaskTemplate, max_length: int | None = No
     token all options share, e.g. Llama-2's bare ``▁``); see :mod:`selfrec_ft.prompts.answer_slots`.
     ``max_length`` bounds the prompt plus the answer token; the article is shortened to fit.
     """
-    from selfrec_ft.prompts.answer_slots import resolve_answer_slot
-
     def length_of(v: dict[str, str]) -> int:
         return len(resolve_answer_slot(tokenizer, template.messages(**v), template.options,
                                        template.assistant_prefix).prompt_ids) + 1
