@@ -22,7 +22,7 @@ HEAVY = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "nump
 # Command modules other branches of issue #12 make lazy (the evaluation and statistics work); until
 # they merge, these import heavy modules when registered. Empty this set once they have merged: the
 # strict xfail marks below then fail, pointing here.
-PENDING = {"eval_cmd", "eval_checkpoints_cmd", "report_cmd", "analyze_cmd", "dissect_cmd"}
+PENDING = {"eval_cmd", "eval_checkpoints_cmd", "dissect_cmd"}
 PENDING_MARK = pytest.mark.xfail(strict=True, reason="lazy imports of this command come with another branch")
 
 
