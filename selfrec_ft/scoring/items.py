@@ -64,11 +64,14 @@ class ScoringItem:
 @dataclass
 class ScoringItems:
     """The items in scoring order, with how many prompts were shortened and how many were skipped
-    because a summary is missing."""
+    because a summary is missing; ``article_ids`` and ``others`` are the articles and the other
+    sources they were built for."""
 
     items: list[ScoringItem] = field(default_factory=list)
     shortened: int = 0
     skipped_missing: int = 0
+    article_ids: list[str] = field(default_factory=list)
+    others: list[str] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[ScoringItem]:
         return iter(self.items)
@@ -217,7 +220,7 @@ def build_items(
             raise UserError(f"familiarity needs a domain ({' or '.join(GENERATION_TEMPLATES)}), got {domain!r}")
         gen_tmpl = load_preset(preset).task(GENERATION_TEMPLATES[domain])
 
-    out = ScoringItems()
+    out = ScoringItems(article_ids=list(article_ids), others=list(others))
     base = {"self_source": self_source}
     if domain is not None:
         base["domain"] = domain
