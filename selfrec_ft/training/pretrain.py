@@ -71,7 +71,7 @@ def pretrain_summariser(
         completion_only_loss=True,
         dataloader_num_workers=0,
         disable_tqdm=True,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=summarisation_dataset(corpora, source, preset),
                          processing_class=tokenizer)
