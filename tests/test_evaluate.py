@@ -200,9 +200,10 @@ def test_evaluate_with_a_loaded_model_and_limit(tiny_model_dir, short_corpus_dir
 def test_items_orders_groups_inversion_and_familiarity_span(tiny_tokenizer, short_corpus_dir):
     corpus = load_corpus(short_corpus_dir)
     ids = [a.id for a in corpus.articles[:3]]
-    items = build_items(corpus, tiny_tokenizer, "lead", None, ["pairwise-recognition", "pairwise-preference"], ids,
-                        templates={"pairwise-preference": "pairwise-preference-worse"},
-                        familiarity=True, domain="short")
+    spec = EvalSpec(corpus=corpus, self_source="lead", tasks=["pairwise-recognition", "pairwise-preference",
+                                                               "familiarity"],
+                    templates={"pairwise-preference": "pairwise-preference-worse"}, domain="short")
+    items = build_items(corpus, tiny_tokenizer, spec, ids)
     assert len(items) == 3 * (2 * 2 + 2) and items.shortened == 0
     for it in items:
         m = it.meta
@@ -228,9 +229,10 @@ def test_items_orders_groups_inversion_and_familiarity_span(tiny_tokenizer, shor
 def test_shortening_counts_and_keeps_one_article_per_group(tiny_tokenizer, short_corpus_dir):
     corpus = load_corpus(short_corpus_dir)
     ids = [a.id for a in corpus.articles[:2]]
-    full = build_items(corpus, tiny_tokenizer, "lead", None, ["pairwise-recognition"], ids)
+    spec = EvalSpec(corpus=corpus, self_source="lead", tasks=["pairwise-recognition"])
+    full = build_items(corpus, tiny_tokenizer, spec, ids)
     longest = max(len(it.request.prompt_ids) for it in full)
-    cut = build_items(corpus, tiny_tokenizer, "lead", None, ["pairwise-recognition"], ids, max_length=longest - 20)
+    cut = build_items(corpus, tiny_tokenizer, spec, ids, max_length=longest - 20)
     assert 0 < cut.shortened <= len(cut)
     for it in cut:
         assert len(it.request.prompt_ids) + 1 <= longest - 20
@@ -242,10 +244,10 @@ def test_shortening_counts_and_keeps_one_article_per_group(tiny_tokenizer, short
         prefix = os.path.commonprefix([it.request.prompt_ids for it in group])
         assert len(prefix) > 0.5 * min(len(it.request.prompt_ids) for it in group)
 
-    fam = build_items(corpus, tiny_tokenizer, "lead", None, [], ids, familiarity=True, domain="short")
+    fam_spec = spec.replace(tasks=["familiarity"], domain="short")
+    fam = build_items(corpus, tiny_tokenizer, fam_spec, ids)
     budget = max(len(it.request.prompt_ids) + len(it.request.span_ids) for it in fam) - 15
-    fam_cut = build_items(corpus, tiny_tokenizer, "lead", None, [], ids, familiarity=True, domain="short",
-                          max_length=budget)
+    fam_cut = build_items(corpus, tiny_tokenizer, fam_spec, ids, max_length=budget)
     assert fam_cut.shortened > 0
     for it, full_it in zip(fam_cut, fam):
         assert len(it.request.prompt_ids) + len(it.request.span_ids) <= budget

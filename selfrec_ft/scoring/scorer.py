@@ -136,9 +136,7 @@ class Scorer:
         if not article_ids:
             raise UserError(f"no articles to evaluate: the corpus has {len(corpus.articles)} and the first "
                             f"{spec.skip_first} are skipped", corpus.path)
-        return build_items(corpus, self.tokenizer, spec.self_source, spec.others, list(spec.scored_tasks),
-                           article_ids, preset=spec.preset, max_length=self.max_length,
-                           templates=spec.template_map, familiarity=spec.familiarity, domain=spec.domain)
+        return build_items(corpus, self.tokenizer, spec, article_ids, self.max_length)
 
     def score(self, requests: Sequence[ScoreRequest], *, progress: bool = False, desc: str = "scoring"
               ) -> list[ScoreResult]:
