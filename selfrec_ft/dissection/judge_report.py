@@ -43,8 +43,9 @@ def comparison_markdown(result: Mapping[str, Any]) -> str:
     for e in judges:
         r, p, s, imp = e["self_preference_rate"], e["mean_self_probability"], e["self"], e["implied_self_preference"]
         lines.append(
-            f"| {e['name']} | {e['n_labelled']} | {e['ties']} | {e['invalid']} | {md.num(r['mean'])} | {md.ci(r['ci95'])} "
-            f"| {md.num(p['mean'])} | {md.ci(p['ci95'])} | {md.num(s and s['score'], '.2f')} | {md.ci(s and s['ci95'], '.2f')} "
+            f"| {e['name']} | {e['n_labelled']} | {e['ties']} | {e['invalid']} | {md.num(r['mean'])} "
+            f"| {md.ci(r['ci95'])} | {md.num(p['mean'])} | {md.ci(p['ci95'])} | {md.num(s and s['score'], '.2f')} "
+            f"| {md.ci(s and s['ci95'], '.2f')} "
             f"| {imp['full']:.3f} | {imp['attributes_only']:.3f} | {imp['from_self']:+.3f} |")
     attrs = sorted({a for e in judges for a in e["attributes"]}, key=FEATURES.index)
     if attrs:
@@ -65,7 +66,8 @@ def comparison_markdown(result: Mapping[str, Any]) -> str:
         for c in result["changes"]:
             r, p, imp = c["self_preference_rate"] or {}, c["mean_self_probability"] or {}, c["implied_self_preference"]
             lines.append(
-                f"| {c['judge']} | {md.num(r.get('delta'), '+.3f')} | {md.ci(r.get('ci95'))} | {md.num(p.get('delta'), '+.3f')} "
+                f"| {c['judge']} | {md.num(r.get('delta'), '+.3f')} | {md.ci(r.get('ci95'))} "
+                f"| {md.num(p.get('delta'), '+.3f')} "
                 f"| {md.ci(p.get('ci95'))} | {md.num(c['self_score'], '+.2f')} | {imp['from_self']:+.3f} "
                 f"| {imp['from_attributes']:+.3f} |")
         for c in result["changes"]:

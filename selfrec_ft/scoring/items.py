@@ -187,8 +187,9 @@ def render_group(tokenizer, tmpl: TaskTemplate, values_list: Sequence[dict[str, 
 
 def build_items(corpus: Corpus, tokenizer, spec: EvalSpec, article_ids: Sequence[str], max_length: int | None = None
                 ) -> ScoringItems:
-    """Scoring items of ``spec`` (self source, others, tasks, preset, templates, domain) on ``article_ids`` of ``corpus`` (the spec's corpus,
-    loaded), rendered with ``tokenizer`` within ``max_length``; see the module docstring.
+    """Scoring items of ``spec`` (self source, others, tasks, preset, templates, domain) on
+    ``article_ids`` of ``corpus`` (the spec's corpus, loaded), rendered with ``tokenizer`` within
+    ``max_length``; see the module docstring.
 
     ``others`` defaults to every corpus source but the self source. ``domain`` (``short`` /
     ``highlights``) is written into every row and picks the generation template for familiarity.

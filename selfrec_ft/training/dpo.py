@@ -250,8 +250,8 @@ class _Run:
         check_settings(cand_dir, {**self.policy_id, "corpus": str(self.train_corpus.path), "style": a.in_domain_style,
                                   "temperature": a.sample_temperature, "top_p": a.sample_top_p,
                                   "seed": a.sample_seed}, "candidates", self.is_main)
-        sampling = self.gen.replace(num_return_sequences=a.num_candidates, sample=True, temperature=a.sample_temperature,
-                                    top_p=a.sample_top_p, seed=a.sample_seed, style=a.in_domain_style)
+        sampling = self.gen.replace(num_return_sequences=a.num_candidates, sample=True, style=a.in_domain_style,
+                                    temperature=a.sample_temperature, top_p=a.sample_top_p, seed=a.sample_seed)
         sampled = generate_sharded((self.model, self.tokenizer), self.train_corpus, self.train_ids, SAMPLED, cand_dir,
                                    "candidates", sampling)
         numbers = {i: [k for k in sorted(sampled.texts[i]) if k < a.num_candidates]
