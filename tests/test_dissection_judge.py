@@ -15,19 +15,19 @@ from selfrec_ft.cli import main
 from selfrec_ft.cli.dissect_cmd import parse_judge
 from selfrec_ft.data.corpus import load_corpus, write_corpus
 from selfrec_ft.data.synth import synth_corpus
-from selfrec_ft.dissection import judge as judge_mod
-from selfrec_ft.dissection.judge import (
-    TIE_TOLERANCE,
-    drop_reason,
-    judge_pairs,
-    judge_preferences,
-    label_preference,
-    self_coin,
-    self_preference_comparisons,
-)
+from selfrec_ft.dissection.judge import TIE_TOLERANCE, drop_reason, judge_pairs, label_preference
+from selfrec_ft.dissection.judge import judge_preferences as _judge_preferences
+from selfrec_ft.dissection.self_preference import self_coin, self_preference_comparisons
 from selfrec_ft.errors import UserError
 from selfrec_ft.prompts.templates import load_preset, render_prompt
+from selfrec_ft.scoring import scorer as scorer_mod
 from selfrec_ft.scoring.engine import ScoreResult
+from selfrec_ft.scoring.scorer import Scorer
+
+
+def judge_preferences(model, tok, pairs, **scorer_kwargs):
+    """The judge's preferences through a Scorer over the loaded model."""
+    return _judge_preferences(Scorer(model, tok, **scorer_kwargs), pairs)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -127,8 +127,8 @@ def test_judge_preferences_equals_lone_forward_passes(sharp, corpus_dir, monkeyp
     model, tok = sharp
     pairs = corpus_pairs(corpus_dir)
     seen = []
-    real = judge_mod.score_requests
-    monkeypatch.setattr(judge_mod, "score_requests", lambda m, reqs, **kw: seen.extend(reqs) or real(m, reqs, **kw))
+    real = scorer_mod.score_requests
+    monkeypatch.setattr(scorer_mod, "score_requests", lambda m, reqs, **kw: seen.extend(reqs) or real(m, reqs, **kw))
     got = judge_preferences(model, tok, pairs, batch_size=3)
     want = [lone_preference(model, tok, p["article"], p["response_1"], p["response_2"]) for p in pairs]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
@@ -148,7 +148,7 @@ def test_long_articles_are_shortened_alike_for_both_orders(sharp, corpus_dir):
     full = len(render_prompt(tok, tmpl, None, article=pairs[0]["article"], summary1=pairs[0]["response_1"],
                              summary2=pairs[0]["response_2"]).input_ids)
     max_length = full - 15
-    js = judge_pairs(model, tok, pairs, max_length=max_length, progress=False)
+    js = judge_pairs(Scorer(model, tok, max_length=max_length), pairs, progress=False)
     assert all(j.shortened for j in js)
     want = [lone_preference(model, tok, p["article"], p["response_1"], p["response_2"], max_length) for p in pairs]
     np.testing.assert_allclose([j.prob for j in js], want, rtol=0, atol=1e-6)
@@ -169,15 +169,15 @@ def test_identical_responses_tie_and_zero_mass_is_invalid(sharp, corpus_dir, mon
     probs = judge_preferences(model, tok, [same, pairs[2]])
     assert drop_reason(probs[0]) == "tie" and drop_reason(probs[1]) is None
 
-    real = judge_mod.score_requests
+    real = scorer_mod.score_requests
 
     def zero_mass_first(m, reqs, **kw):
         res = real(m, reqs, **kw)
         res[0] = ScoreResult(probs={"1": 0.0, "2": 0.0}, p_hat=None, option_mass=0.0)
         return res
 
-    monkeypatch.setattr(judge_mod, "score_requests", zero_mass_first)
-    js = judge_pairs(model, tok, pairs[2:4], progress=False)
+    monkeypatch.setattr(scorer_mod, "score_requests", zero_mass_first)
+    js = judge_pairs(Scorer(model, tok), pairs[2:4], progress=False)
     assert math.isnan(js[0].prob) and not js[0].valid and js[0].mass_fwd == 0.0
     assert js[1].valid
 

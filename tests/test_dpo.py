@@ -34,7 +34,7 @@ def _pairs(tokenizer, corpus_dir, n=4):
     """A DPO selection on the corpus's first n articles: candidates of clearly different length."""
     from selfrec_ft.attributes.dpo_pairs import select_dpo_pairs
     from selfrec_ft.data.corpus import load_corpus
-    from selfrec_ft.training.dpo import generation_messages
+    from selfrec_ft.training.dpo_generation import generation_messages
 
     corpus = load_corpus(corpus_dir)
     ids = [a.id for a in corpus.articles[:n]]
@@ -78,7 +78,7 @@ class _Snapshot:
 def test_trainer_has_no_reference_copy_and_trains_lora(tiny_model_dir, short_corpus_dir, tmp_path):
     from transformers import AutoModelForCausalLM, PreTrainedModel
 
-    from selfrec_ft.training.dpo import build_dpo_trainer, check_dpo_sequences, load_policy
+    from selfrec_ft.training.dpo_model import build_dpo_trainer, check_dpo_sequences, load_policy
 
     gc.collect()
     existing = {id(o) for o in gc.get_objects() if isinstance(o, PreTrainedModel)}
@@ -135,7 +135,7 @@ def test_sft_adapter_is_trained_further_against_a_frozen_copy(tiny_model_dir, sh
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, PreTrainedModel
 
-    from selfrec_ft.training.dpo import build_dpo_trainer, load_policy
+    from selfrec_ft.training.dpo_model import build_dpo_trainer, load_policy
 
     sft = tmp_path / "sft"
     torch.manual_seed(0)
@@ -233,8 +233,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
 def test_demo_config_parses():
     from trl import DPOConfig, ModelConfig, TrlParser
 
-    from selfrec_ft.training.args import EvalHookArguments, parse_args_and_config_strict
-    from selfrec_ft.training.dpo import AttributeDPOArguments
+    from selfrec_ft.training.args import AttributeDPOArguments, EvalHookArguments, parse_args_and_config_strict
 
     parser = TrlParser((AttributeDPOArguments, DPOConfig, ModelConfig, EvalHookArguments))
     dpo, training, model, _ = parse_args_and_config_strict(
@@ -250,8 +249,8 @@ def test_minimal_run_writes_the_shift(tiny_model_dir, short_corpus_dir, tmp_path
     from selfrec_ft.data.corpus import write_corpus
     from selfrec_ft.data.synth import synth_corpus
     from selfrec_ft.jsonl import read_jsonl_rows
-    from selfrec_ft.training.args import EvalHookArguments
-    from selfrec_ft.training.dpo import AttributeDPOArguments, run_attribute_dpo
+    from selfrec_ft.training.args import AttributeDPOArguments, EvalHookArguments
+    from selfrec_ft.training.dpo import run_attribute_dpo
     from selfrec_ft.training.hook import read_hook_records
 
     ood = write_corpus(synth_corpus("highlights", 3, seed=5), tmp_path / "hl")

@@ -13,11 +13,15 @@ from pathlib import Path
 
 import pytest
 
+import selfrec_ft.scoring.evaluate as evaluate_mod
 from selfrec_ft.cli import main
 from selfrec_ft.data.corpus import load_corpus
+from selfrec_ft.errors import UserError
 from selfrec_ft.jsonl import read_jsonl_rows
 from selfrec_ft.scoring.evaluate import evaluate
 from selfrec_ft.scoring.items import build_items, row_key
+from selfrec_ft.scoring.scorer import Scorer
+from selfrec_ft.scoring.spec import EvalSpec
 
 # individual-recognition needs "Yes"/"No" to be single tokens, which the tiny tokenizer lacks.
 TASKS = ["pairwise-recognition", "pairwise-preference", "individual-score"]
@@ -36,10 +40,15 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def run_eval(model_dir, corpus_dir, out, **kw):
+def run_eval(model_dir, corpus_dir, out, familiarity=False, max_length=None, chunk_items=None, **kw):
     kw.setdefault("tasks", TASKS)
-    return evaluate(str(model_dir), corpus_dir, out, self_source="lead", skip_first=SKIP, progress=False,
-                    n_resamples=200, **kw)
+    if familiarity:
+        kw["tasks"] = [*kw["tasks"], "familiarity"]
+    spec = EvalSpec(corpus=corpus_dir, self_source="lead", skip_first=SKIP, n_resamples=200, **kw)
+    with pytest.MonkeyPatch.context() as mp:
+        if chunk_items is not None:
+            mp.setattr(evaluate_mod, "CHUNK_ITEMS", chunk_items)
+        return evaluate(Scorer(str(model_dir), max_length=max_length), spec, out, progress=False)
 
 
 def rows_by_key(path: Path) -> dict[tuple, dict]:
@@ -125,15 +134,17 @@ def test_resume_after_partial_last_line(full_run, tiny_model_dir, short_corpus_d
 KILL_SCRIPT = """
 import sys, time
 import selfrec_ft.scoring.evaluate as ev
-real = ev.score_requests
+import selfrec_ft.scoring.scorer as sc
+real = sc.score_requests
 def slow(*a, **k):
     out = real(*a, **k)
     time.sleep(0.4)
     return out
-ev.score_requests = slow
-ev.evaluate(sys.argv[1], sys.argv[2], sys.argv[3], self_source="lead", skip_first=2, progress=False,
-            tasks=["pairwise-recognition", "pairwise-preference", "individual-score"],
-            familiarity=True, domain="short", chunk_items=7, n_resamples=200)
+sc.score_requests = slow
+ev.CHUNK_ITEMS = 7
+spec = ev.EvalSpec(corpus=sys.argv[2], self_source="lead", skip_first=2, n_resamples=200, domain="short",
+                   tasks=["pairwise-recognition", "pairwise-preference", "individual-score", "familiarity"])
+ev.evaluate(ev.Scorer(sys.argv[1]), spec, sys.argv[3], progress=False)
 """
 
 
@@ -165,8 +176,6 @@ def test_killed_run_resumes_to_the_rows_of_an_uninterrupted_run(full_run, tiny_m
 
 
 def test_resume_with_other_settings_is_refused(full_run, tiny_model_dir, short_corpus_dir):
-    from selfrec_ft.errors import UserError
-
     out, _ = full_run
     with pytest.raises(UserError, match="max_length"):
         run_eval(tiny_model_dir, short_corpus_dir, out, familiarity=True, domain="short", max_length=4000)
@@ -176,9 +185,9 @@ def test_evaluate_with_a_loaded_model_and_limit(tiny_model_dir, short_corpus_dir
     from selfrec_ft.models.loading import load_model
 
     model, tok = load_model(tiny_model_dir, device="cpu")
-    result = evaluate(model, short_corpus_dir, tmp_path / "e", self_source="human", others=["lead"],
-                      tasks=["pairwise-recognition"], skip_first=5, limit=3, tokenizer=tok, progress=False,
-                      n_resamples=100)
+    spec = EvalSpec(corpus=short_corpus_dir, self_source="human", others=["lead"], tasks=["pairwise-recognition"],
+                    skip_first=5, limit=3, n_resamples=100)
+    result = evaluate(Scorer(model, tok), spec, tmp_path / "e", progress=False)
     rows = read_jsonl_rows(result.examples_path)
     corpus = load_corpus(short_corpus_dir)
     assert [r["article_id"] for r in rows[::2]] == [a.id for a in corpus.articles[5:8]]
@@ -191,9 +200,10 @@ def test_evaluate_with_a_loaded_model_and_limit(tiny_model_dir, short_corpus_dir
 def test_items_orders_groups_inversion_and_familiarity_span(tiny_tokenizer, short_corpus_dir):
     corpus = load_corpus(short_corpus_dir)
     ids = [a.id for a in corpus.articles[:3]]
-    items = build_items(corpus, tiny_tokenizer, "lead", None, ["pairwise-recognition", "pairwise-preference"], ids,
-                        templates={"pairwise-preference": "pairwise-preference-worse"},
-                        familiarity=True, domain="short")
+    spec = EvalSpec(corpus=corpus, self_source="lead", tasks=["pairwise-recognition", "pairwise-preference",
+                                                               "familiarity"],
+                    templates={"pairwise-preference": "pairwise-preference-worse"}, domain="short")
+    items = build_items(corpus, tiny_tokenizer, spec, ids)
     assert len(items) == 3 * (2 * 2 + 2) and items.shortened == 0
     for it in items:
         m = it.meta
@@ -219,9 +229,10 @@ def test_items_orders_groups_inversion_and_familiarity_span(tiny_tokenizer, shor
 def test_shortening_counts_and_keeps_one_article_per_group(tiny_tokenizer, short_corpus_dir):
     corpus = load_corpus(short_corpus_dir)
     ids = [a.id for a in corpus.articles[:2]]
-    full = build_items(corpus, tiny_tokenizer, "lead", None, ["pairwise-recognition"], ids)
+    spec = EvalSpec(corpus=corpus, self_source="lead", tasks=["pairwise-recognition"])
+    full = build_items(corpus, tiny_tokenizer, spec, ids)
     longest = max(len(it.request.prompt_ids) for it in full)
-    cut = build_items(corpus, tiny_tokenizer, "lead", None, ["pairwise-recognition"], ids, max_length=longest - 20)
+    cut = build_items(corpus, tiny_tokenizer, spec, ids, max_length=longest - 20)
     assert 0 < cut.shortened <= len(cut)
     for it in cut:
         assert len(it.request.prompt_ids) + 1 <= longest - 20
@@ -233,10 +244,10 @@ def test_shortening_counts_and_keeps_one_article_per_group(tiny_tokenizer, short
         prefix = os.path.commonprefix([it.request.prompt_ids for it in group])
         assert len(prefix) > 0.5 * min(len(it.request.prompt_ids) for it in group)
 
-    fam = build_items(corpus, tiny_tokenizer, "lead", None, [], ids, familiarity=True, domain="short")
+    fam_spec = spec.replace(tasks=["familiarity"], domain="short")
+    fam = build_items(corpus, tiny_tokenizer, fam_spec, ids)
     budget = max(len(it.request.prompt_ids) + len(it.request.span_ids) for it in fam) - 15
-    fam_cut = build_items(corpus, tiny_tokenizer, "lead", None, [], ids, familiarity=True, domain="short",
-                          max_length=budget)
+    fam_cut = build_items(corpus, tiny_tokenizer, fam_spec, ids, max_length=budget)
     assert fam_cut.shortened > 0
     for it, full_it in zip(fam_cut, fam):
         assert len(it.request.prompt_ids) + len(it.request.span_ids) <= budget
@@ -281,3 +292,81 @@ def test_cli_missing_model_is_one_line(short_corpus_dir, tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "model path not found" in err
+
+
+# ----------------------------------------------------------------------------- Scorer and EvalSpec
+
+
+def test_scorer_from_a_path_and_from_a_loaded_model_give_identical_rows(tiny_model_dir, short_corpus_dir, tmp_path):
+    from selfrec_ft.models.loading import load_model
+
+    spec = EvalSpec(corpus=short_corpus_dir, self_source="lead", tasks=["pairwise-recognition", "individual-score"],
+                    skip_first=6, limit=3, n_resamples=100)
+    by_path = Scorer(str(tiny_model_dir), batch_size=5)
+    assert by_path.owns_model and by_path._model is None  # tokenizer now, model on first use
+    rows_path = by_path.score_items(by_path.items(spec))
+    model, tok = load_model(tiny_model_dir, device="cpu")
+    loaded = Scorer(model, tok, batch_size=5)
+    assert not loaded.owns_model and loaded.dtype == by_path.dtype == "float32"
+    assert loaded.max_length == by_path.max_length == model.config.max_position_embeddings
+    rows_loaded = loaded.score_items(loaded.items(spec))
+    assert [row_key(r) for r in rows_path] == [row_key(r) for r in rows_loaded]
+    assert rows_path == rows_loaded  # same engine, same prompts, same weights: the very same numbers
+    # close() frees the model a scorer loaded, only forgets one it was given
+    by_path.close()
+    assert by_path._model is None
+    loaded.close()
+    assert model.training is False and sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_a_finished_evaluation_is_read_back_without_loading_the_model(tiny_model_dir, short_corpus_dir, tmp_path):
+    spec = EvalSpec(corpus=short_corpus_dir, self_source="lead", tasks=["pairwise-recognition"], skip_first=8,
+                    n_resamples=100)
+    first = evaluate(Scorer(str(tiny_model_dir)), spec, tmp_path, progress=False)
+    assert first.scored == 2 * 4 and first.resumed == 0
+    scorer = Scorer(str(tiny_model_dir))
+    again = evaluate(scorer, spec, tmp_path, progress=False)
+    assert again.scored == 0 and again.resumed == 2 * 4 and scorer._model is None
+    assert again.report["pairwise"] == first.report["pairwise"]
+    # the same directory with another spec (other articles) is refused
+    with pytest.raises(UserError, match="skip_first"):
+        evaluate(scorer, spec.replace(skip_first=7), tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"skip_first": -1}, "skip_first must be at least 0, got -1"),
+    ({"limit": 0}, "limit must be at least 1, got 0"),
+    ({"tasks": []}, "nothing to score"),
+    ({"tasks": "pairwise-recognition,guessing"}, "unknown task(s) guessing"),
+    ({"tasks": ["familiarity"]}, "familiarity needs a domain"),
+    ({"n_resamples": 0}, "n_resamples must be at least 1"),
+    ({"self_source": ""}, "no self source"),
+])
+def test_eval_spec_rejects_bad_values_in_one_line(kwargs, message):
+    with pytest.raises(UserError) as info:
+        EvalSpec(**{"corpus": "c", "self_source": "me", **kwargs})
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_eval_spec_normalises_and_replaces():
+    spec = EvalSpec(corpus="c", self_source="me", others="a, b", tasks=["pairwise-recognition"],
+                    templates={"pairwise-preference": "worse", "individual-score": "x"})
+    assert spec.others == ("a", "b") and spec.tasks == ("pairwise-recognition",)
+    assert spec.templates == (("individual-score", "x"), ("pairwise-preference", "worse"))
+    assert spec.template_map == {"individual-score": "x", "pairwise-preference": "worse"}
+    moved = spec.replace(skip_first=3, tasks="pairwise-preference,familiarity", domain="short")
+    assert moved.skip_first == 3 and moved.familiarity and moved.scored_tasks == ("pairwise-preference",)
+    assert spec.skip_first == 0 and not spec.familiarity
+    with pytest.raises(UserError, match="limit must be at least 1"):
+        spec.replace(limit=0)
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.skip_first = 4
+
+
+def test_spec_module_imports_no_torch():
+    code = ("import sys; import selfrec_ft.scoring.spec; "
+            "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'datasets') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

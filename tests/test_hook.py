@@ -3,8 +3,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from selfrec_ft.data.corpus import load_corpus
-from selfrec_ft.training.hook import HOOK_FILE, SelfRecEvalCallback, build_hook_domains, read_hook_records
+from selfrec_ft.scoring.spec import EvalSpec
+from selfrec_ft.training.hook import HOOK_FILE, SelfRecEvalCallback, read_hook_records
 from selfrec_ft.training.report import write_training_report
 
 
@@ -24,41 +24,53 @@ def ood_corpus_dir(tmp_path_factory):
 
 
 class FakeTrainer:
-    def __init__(self):
+    """What the hook uses of a trainer: its model, tokenizer, output_dir and ``log``."""
+
+    def __init__(self, model, tokenizer, output_dir):
+        self.model, self.processing_class = model, tokenizer
+        self.args = SimpleNamespace(output_dir=str(output_dir))
         self.logged = []
 
     def log(self, logs):
         self.logged.append(dict(logs))
 
 
+def hook_specs(short_corpus_dir, ood_corpus_dir):
+    common = dict(self_source="lead", others=["human"], tasks=["pairwise-recognition", "pairwise-preference"],
+                  limit=3, n_resamples=200)
+    return [EvalSpec(corpus=short_corpus_dir, skip_first=8, domain="in_domain", **common),
+            EvalSpec(corpus=ood_corpus_dir, domain="out_of_domain", **common)]
+
+
 def test_hook_logs_each_step_once_and_matches_eval(loaded, short_corpus_dir, ood_corpus_dir, tmp_path):
     from selfrec_ft.scoring.evaluate import evaluate
+    from selfrec_ft.scoring.scorer import Scorer
 
     model, tok = loaded
-    domains = build_hook_domains(tok, "lead", ["human"], ["pairwise-recognition", "pairwise-preference"],
-                                 short_corpus_dir, 8, ood_corpus_dir, limit=3)
-    assert [d.name for d in domains] == ["in_domain", "out_of_domain"]
-    assert len(domains[0].items) == 3 * 2 * 2 and len(domains[1].items) == 3 * 2 * 2
-    cb = SelfRecEvalCallback(domains, str(tmp_path), batch_size=4, n_resamples=200)
-    cb.trainer = FakeTrainer()
+    trainer = FakeTrainer(model, tok, tmp_path)
+    cb = SelfRecEvalCallback(trainer, hook_specs(short_corpus_dir, ood_corpus_dir), batch_size=4)
+    assert cb.trainer is trainer and cb.scorer.model is model and cb.scorer.tokenizer is tok
+    assert [spec.domain for spec, _ in cb.domains] == ["in_domain", "out_of_domain"]
+    assert [len(items) for _, items in cb.domains] == [3 * 2 * 2, 3 * 2 * 2]
     args = SimpleNamespace(output_dir=str(tmp_path))
     for step, event in [(0, cb.on_train_begin), (2, cb.on_save), (2, cb.on_train_end), (4, cb.on_train_end)]:
         event(args, SimpleNamespace(global_step=step, epoch=step / 4, is_world_process_zero=True), None, model=model)
     recs = read_hook_records(tmp_path)
     assert [r["step"] for r in recs] == [0, 2, 4]  # step 2 evaluated once
     assert [r["event"] for r in recs] == ["start", "save", "end"]
-    assert len(cb.trainer.logged) == 3
-    assert set(cb.trainer.logged[0]) == {f"selfrec/{d}/{m}" for d in ("in_domain", "out_of_domain")
-                                         for m in ("recognition", "preference")}
+    assert len(trainer.logged) == 3
+    assert set(trainer.logged[0]) == {f"selfrec/{d}/{m}" for d in ("in_domain", "out_of_domain")
+                                      for m in ("recognition", "preference")}
     # the hook and `selfrec eval` share one engine and one metric: same numbers on the same articles
-    res = evaluate(model, load_corpus(short_corpus_dir), tmp_path / "eval", "lead", ["human"],
-                   tasks=["pairwise-recognition", "pairwise-preference"], skip_first=8, limit=3, tokenizer=tok,
-                   progress=False, n_resamples=200)
+    spec = EvalSpec(corpus=short_corpus_dir, self_source="lead", others=["human"],
+                    tasks=["pairwise-recognition", "pairwise-preference"], skip_first=8, limit=3, n_resamples=200)
+    res = evaluate(Scorer(model, tok), spec, tmp_path / "eval", progress=False)
     for m in ("recognition", "preference"):
         assert recs[0]["in_domain"][m]["mean"] == pytest.approx(res.report["pairwise"][m]["mean"], abs=1e-6)
         assert recs[0]["in_domain"][m]["n"] == 3
     # a restarted hook (resumed run) does not evaluate a step it already has
-    cb2 = SelfRecEvalCallback(domains, str(tmp_path), batch_size=4, n_resamples=200)
+    cb2 = SelfRecEvalCallback(FakeTrainer(model, tok, tmp_path), hook_specs(short_corpus_dir, ood_corpus_dir),
+                              batch_size=4)
     cb2.on_save(args, SimpleNamespace(global_step=4, epoch=1.0, is_world_process_zero=True), None, model=model)
     assert len((tmp_path / HOOK_FILE).read_text().splitlines()) == 3
 
@@ -80,3 +92,72 @@ def test_training_report_from_hook_records(tmp_path):
     assert "| baseline | 0 | in-domain | 0.500 [0.450, 0.550]" in md
     png = tmp_path / report["plot"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_console_summary_ends_with_the_table_and_the_paths(tmp_path):
+    from selfrec_ft.training.report import render_training_console
+    from selfrec_ft.training.sft import SFTResult
+
+    def block(mean, biased=False):
+        return {"mean": mean, "ci95": [mean - 0.01, mean + 0.02], "n": 48, "position_biased": biased}
+
+    lines = [{"step": s, "event": e, "in_domain": {"recognition": block(r), "preference": block(p, s == 64)},
+              "out_of_domain": {"recognition": block(r - 0.1), "preference": block(p)}}
+             for s, e, r, p in [(0, "start", 0.48, 0.49), (64, "save", 0.636, 0.549), (128, "end", 0.9, 0.7)]]
+    (tmp_path / HOOK_FILE).write_text("".join(json.dumps(x) + "\n" for x in lines))
+    report = write_training_report(tmp_path)
+    table = render_training_console(report, tmp_path).splitlines()
+    rows = [ln.split() for ln in table[2:-2]]
+    # baseline -> every checkpoint -> final, both domains, recognition and preference with CIs
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("baseline", "0", "in-domain"), ("baseline", "0", "out-of-domain"), ("checkpoint", "64", "in-domain"),
+        ("checkpoint", "64", "out-of-domain"), ("final", "128", "in-domain"), ("final", "128", "out-of-domain")]
+    assert "0.549 [0.539, 0.569] (position-biased)" in table[4]
+    assert table[2].split()[3:] == ["0.480", "[0.470,", "0.500]", "0.490", "[0.480,", "0.510]", "48"]
+    assert table[-2:] == [f"report: {tmp_path / 'report.md'}",
+                          f"plot:   {tmp_path / 'recognition_preference_by_step.png'}"]
+    stats = SimpleNamespace(rows=8, articles=4, labels={"1": 4, "2": 4}, by_source={"human": 8}, shortened=0)
+    result = SFTResult(tmp_path, "full", 128, {"train_loss": 0.1}, stats, {}, None, report=report)
+    summary = result.summary().splitlines()
+    assert summary[1] == "global step 128, train loss 0.1000" and summary[-2:] == table[-2:]
+    assert SFTResult(tmp_path, "full", 128, {}, stats, {}, None).summary().count("\n") == 2  # no hook, no table
+
+
+def test_compact_console_line():
+    from selfrec_ft.training.console import compact_line
+
+    logs = {"selfrec/in_domain/recognition": 0.63581, "selfrec/in_domain/preference": 0.5487,
+            "selfrec/out_of_domain/recognition": 0.52, "epoch": 1.0}
+    assert compact_line(logs, 64) == ("selfrec step 64 | in-domain recognition 0.636, preference 0.549 | "
+                                      "out-of-domain recognition 0.520")
+    assert compact_line({"loss": 0.4, "epoch": 1.0}, 64) is None
+
+
+def test_the_cpu_only_bitsandbytes_notice_is_dropped_and_nothing_else(monkeypatch):
+    import logging
+
+    import torch
+
+    import selfrec_ft.training as training
+
+    log = logging.getLogger(training.BNB_CPU_LOGGER)
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler = Keep()
+    log.addHandler(handler)
+    try:
+        training.quiet_cpu_bitsandbytes_notice()  # idempotent: importing the package installed it already
+        assert sum(type(f).__name__ == "_DropCpuKernelNotice" for f in log.filters) == 1
+        notice = training.BNB_CPU_NOTICE + ": No module named 'kernels'. Please make sure ..."
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        log.warning(notice)
+        log.warning("another bitsandbytes warning")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        log.warning(notice)  # with CUDA the notice is not ours to hide
+    finally:
+        log.removeHandler(handler)
+    assert seen == ["another bitsandbytes warning", notice]

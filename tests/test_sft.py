@@ -384,3 +384,68 @@ def test_recognition_rises_with_training_through_the_hook(tiny_model_dir, tmp_pa
     assert base["n"] == final["n"] == 6  # the 6 held-out articles x 1 other source
     assert final["mean"] > base["mean"] + 0.2, (base, final)
     assert (out / "recognition_preference_by_step.png").is_file() and "preference" in report["final"]["in_domain"]
+
+
+def test_hook_is_built_with_its_trainer_and_prints_one_line_per_evaluation(tiny_model_dir, short_corpus_dir,
+                                                                            tmp_path, capsys):
+    from transformers import PrinterCallback
+
+    from selfrec_ft.training.args import EvalHookArguments
+    from selfrec_ft.training.console import CompactPrinterCallback
+    from selfrec_ft.training.hook import SelfRecEvalCallback
+    from selfrec_ft.training.sft import prepare_sft
+
+    data_args, training_args, model_args = _args(tiny_model_dir, short_corpus_dir, tmp_path / "h", n_articles=4,
+                                                 max_steps=1)
+    hook_args = EvalHookArguments(hook_in_domain=str(short_corpus_dir), hook_limit=2, hook_batch_size=8)
+    trainer = prepare_sft(data_args, training_args, model_args, hook_args=hook_args).trainer
+    callbacks = trainer.callback_handler.callbacks
+    hooks = [cb for cb in callbacks if isinstance(cb, SelfRecEvalCallback)]
+    assert len(hooks) == 1 and hooks[0].trainer is trainer
+    hook = hooks[0]
+    assert hook.scorer.model is trainer.model and hook.scorer.tokenizer is trainer.processing_class
+    assert [spec.domain for spec, _ in hook.domains] == ["in_domain"]
+    assert hook.domains[0][0].skip_first == 4 and hook.domains[0][0].others == ("human",)
+    # the printer is the compact one (disable_tqdm), placed before the hook so it sees the hook's logs
+    printers = [cb for cb in callbacks if isinstance(cb, PrinterCallback)]
+    assert [type(cb) for cb in printers] == [CompactPrinterCallback]
+    assert callbacks.index(printers[0]) < callbacks.index(hook)
+
+    capsys.readouterr()
+    trainer.train()
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("selfrec step")]
+    assert lines[0].startswith("selfrec step 0 | in-domain recognition 0.") and ", preference 0." in lines[0]
+    assert len(lines) == 2 and lines[1].startswith("selfrec step 1 |")  # baseline and end of training
+    assert "'selfrec/" not in out and "{'loss'" in out  # other logs still print as before
+    logged = [h for h in trainer.state.log_history if "selfrec/in_domain/recognition" in h]
+    assert len(logged) == 2  # ... and the metrics still went through trainer.log (report_to sees them)
+
+
+def test_load_model_for_training_serves_sft_and_dpo(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, ModelConfig, SFTConfig
+
+    from selfrec_ft.models.loading import load_model_for_training, training_model_kwargs
+
+    reference = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    for config_class in (SFTConfig, DPOConfig):
+        args = config_class(output_dir=str(tmp_path / config_class.__name__), use_cpu=True, bf16=False,
+                            report_to="none")
+        lora = ModelConfig(model_name_or_path=str(tiny_model_dir), use_peft=True)
+        kwargs = training_model_kwargs(lora, args)
+        assert kwargs["trust_remote_code"] is False and kwargs["use_safetensors"] is True
+        assert kwargs["dtype"] is torch.float32 and "quantization_config" not in kwargs
+        model = load_model_for_training(lora, args)
+        params = dict(model.named_parameters())
+        assert all(torch.equal(p, params[n]) for n, p in reference.named_parameters())
+        bf16 = load_model_for_training(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="bfloat16"), args)
+        assert next(bf16.parameters()).dtype == torch.bfloat16
+        qlora = ModelConfig(model_name_or_path=str(tiny_model_dir), use_peft=True, load_in_4bit=True)
+        quantized = load_model_for_training(qlora, args)
+        assert {type(m).__name__ for m in quantized.modules()} >= {"Linear4bit"}
+        assert {p.device.type for p in quantized.parameters()} == {"cpu"}  # one whole copy on this process's device
+    with pytest.raises(UserError, match="model_name_or_path is not set"):
+        load_model_for_training(ModelConfig(), args)
+    with pytest.raises(UserError, match="model path not found"):
+        load_model_for_training(ModelConfig(model_name_or_path=str(tmp_path / "none")), args)

@@ -16,11 +16,11 @@ import argparse
 import os
 from pathlib import Path
 
-from selfrec_ft.cli.common import int_at_least
-from selfrec_ft.dissection.fit import DEFAULT_PRIOR_SCALE
+from selfrec_ft.cli.common import int_at_least, split_list
+from selfrec_ft.defaults import DEFAULT_BATCH_SIZE, DEFAULT_PRESET, DTYPE_CHOICES
 from selfrec_ft.errors import UserError
-from selfrec_ft.prompts.templates import DEFAULT_PRESET
-from selfrec_ft.scoring.engine import DEFAULT_BATCH_SIZE
+
+PREFERENCE = "pairwise-preference"
 
 
 def register(sub) -> None:
@@ -57,7 +57,7 @@ def register(sub) -> None:
                    "(default 0); also the bootstrap seed")
     g = p.add_argument_group("judging (with --judge)")
     g.add_argument("--prompt-preset", default=DEFAULT_PRESET, help="preset name or YAML template file")
-    g.add_argument("--template", default="pairwise-preference",
+    g.add_argument("--template", default=PREFERENCE,
                    help="preference template of the preset (default pairwise-preference)")
     g.add_argument("--batch-size", type=int_at_least(1), default=DEFAULT_BATCH_SIZE,
                    help=f"rows per forward pass (default {DEFAULT_BATCH_SIZE})")
@@ -65,15 +65,15 @@ def register(sub) -> None:
     g.add_argument("--max-length", type=int_at_least(8),
                    help="token budget of a prompt + answer; longer articles are shortened "
                         "(default: the model's context length)")
-    g.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    g.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32")
     g.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("fit")
     g.add_argument("--method", choices=["map", "nuts"], default="map",
                    help="map: posterior mode + Laplace interval (fast, default); nuts: P2's exact "
                         "NUTS posterior mean averaged over folds (needs pip install selfrec_ft[bayes])")
-    g.add_argument("--prior-scale", type=float, default=DEFAULT_PRIOR_SCALE, metavar="B",
-                   help="scale b of the Laplace(0, b) prior on each weight (P2: 0.1)")
+    g.add_argument("--prior-scale", type=float, metavar="B",
+                   help="scale b of the Laplace(0, b) prior on each weight (default P2's 0.1)")
     g.add_argument("--folds", type=int, default=10, help="nuts only: training folds averaged (P2: 10)")
     p.set_defaults(func=_run)
 
@@ -93,82 +93,83 @@ def parse_judge(spec: str) -> tuple[str, str]:
     return name, path
 
 
-def _names(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _check_model_path(path: str) -> None:
-    if not os.path.exists(path) and path.count("/") != 1:  # "owner/name" may be a hub id
-        raise UserError("model path not found", path)
-
-
 _SELF_PREF_ONLY = ("corpus", "self_source", "others", "skip_first", "limit", "seed")
 
 
+def _scorer(path: str, args: argparse.Namespace):
+    """A judge: its tokenizer now, its model when it first judges (freed after judging)."""
+    from selfrec_ft.scoring.scorer import Scorer
+
+    return Scorer(path, dtype=args.dtype, device=args.device, batch_size=args.batch_size,
+                  max_batch_tokens=args.max_batch_tokens, max_length=args.max_length)
+
+
 def _run(args: argparse.Namespace) -> int:
-    from selfrec_ft.dissection.run import run_dissection
+    from selfrec_ft.dissection.fit import DEFAULT_PRIOR_SCALE
 
     kwargs = {}
     if args.method == "nuts":
         if args.folds < 1:
             raise UserError(f"--folds must be at least 1, got {args.folds}")
         kwargs["folds"] = args.folds
+    if args.prior_scale is None:
+        args.prior_scale = DEFAULT_PRIOR_SCALE
     if args.self_preference == (args.comparisons is not None):
         raise UserError("give either --comparisons FILE.jsonl or --self-preference (with --corpus, "
                         "--self-source and --judge)")
-    judge_opts = dict(preset=args.prompt_preset, template=args.template, batch_size=args.batch_size,
-                      max_batch_tokens=args.max_batch_tokens, max_length=args.max_length, dtype=args.dtype,
-                      device=args.device, progress=not args.no_progress)
     if args.self_preference:
-        return _run_self_preference(args, judge_opts, kwargs)
+        return _run_self_preference(args, kwargs)
 
     given = [f"--{k.replace('_', '-')}" for k in _SELF_PREF_ONLY if getattr(args, k) is not None]
     if given:
         raise UserError(f"{', '.join(given)} only apply with --self-preference")
-    comparisons = args.comparisons
-    if args.judge:
+    if not args.judge:
+        from selfrec_ft.dissection.run import run_dissection
+
+        report = run_dissection(args.comparisons, args.out, method=args.method, prior_scale=args.prior_scale, **kwargs)
+    else:
         if len(args.judge) > 1:
             raise UserError("--comparisons takes one --judge (the model that labels lines without \"preferred\")")
-        from selfrec_ft.dissection.judge import COMPARISONS_FILE, label_comparisons_file
+        from selfrec_ft.dissection.comparisons import fit_and_write, label_comparisons_file
 
         _, path = parse_judge(args.judge[0])
-        _check_model_path(path)
-        summary = label_comparisons_file(comparisons, path, args.out, **judge_opts)
+        labelled = label_comparisons_file(args.comparisons, _scorer(path, args), args.out, preset=args.prompt_preset,
+                                          template=args.template, progress=not args.no_progress)
+        summary = labelled.summary
         print(f"judged {summary['judged']} lines ({summary['ties']} ties, {summary['invalid']} invalid dropped); "
               f"{summary['labelled_in_file']} were labelled in the file")
-        comparisons = Path(args.out) / COMPARISONS_FILE
-        kwargs["title"] = f"Preference dissection: {Path(args.comparisons).name}, judge {Path(path).name}"
-    report = run_dissection(comparisons, args.out, method=args.method, prior_scale=args.prior_scale, **kwargs)
+        title = f"Preference dissection: {Path(args.comparisons).name}, judge {Path(path).name}"
+        report = fit_and_write(labelled.comparisons, args.out, title, method=args.method,
+                               prior_scale=args.prior_scale, **kwargs)
     print(f"{report['n']} comparisons, {len(report['properties'])} properties fitted, "
           f"accuracy {report['accuracy']:.3f}; wrote {args.out}/report.json, report.md, preference_scores.png")
     return 0
 
 
-def _run_self_preference(args: argparse.Namespace, judge_opts: dict, fit_kwargs: dict) -> int:
-    from selfrec_ft.dissection.judge import run_judge_dissection
+def _run_self_preference(args: argparse.Namespace, fit_kwargs: dict) -> int:
+    from selfrec_ft.dissection.judge_report import comparison_markdown
+    from selfrec_ft.dissection.self_preference import run_judge_dissection
+    from selfrec_ft.scoring.spec import EvalSpec
 
     missing = [flag for flag, v in (("--corpus", args.corpus), ("--self-source", args.self_source),
                                     ("--judge", args.judge)) if not v]
     if missing:
         raise UserError(f"--self-preference needs {', '.join(missing)}")
-    judges: dict[str, str] = {}
+    paths: dict[str, str] = {}
     for spec in args.judge:
         name, path = parse_judge(spec)
-        if name in judges:
+        if name in paths:
             raise UserError(f"two judges are named {name!r}; name them with NAME=PATH")
-        _check_model_path(path)
-        judges[name] = path
-    others = _names(args.others)
-    if others is not None and not others:
+        paths[name] = path
+    judges = {name: _scorer(path, args) for name, path in paths.items()}
+    others = split_list(args.others)
+    if args.others is not None and not others:
         raise UserError("--others names no source")
-    result = run_judge_dissection(
-        judges, args.corpus, args.self_source, others, args.skip_first or 0, args.limit, args.out,
-        seed=args.seed or 0, method=args.method, prior_scale=args.prior_scale, **judge_opts, **fit_kwargs,
-    )
-    from selfrec_ft.dissection.judge import comparison_markdown
-
+    spec = EvalSpec(corpus=args.corpus, self_source=args.self_source, others=others, tasks=[PREFERENCE],
+                    skip_first=args.skip_first or 0, limit=args.limit, preset=args.prompt_preset,
+                    templates={PREFERENCE: args.template}, seed=args.seed or 0)
+    result = run_judge_dissection(judges, spec, args.out, method=args.method, prior_scale=args.prior_scale,
+                                  progress=not args.no_progress, **fit_kwargs)
     print(comparison_markdown(result), end="")
     print(f"wrote {args.out}/comparison.json, comparison.md, comparison.png and "
           f"{', '.join(e['name'] for e in result['judges'])}/report.json")

@@ -6,12 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from selfrec_ft.cli.common import int_at_least
-from selfrec_ft.cli.eval_cmd import _names
+from selfrec_ft.cli.common import int_at_least, split_list
+from selfrec_ft.defaults import DEFAULT_BATCH_SIZE, DEFAULT_HOOK_TASKS, DTYPE_CHOICES, GENERATION_DOMAINS, TASKS
 from selfrec_ft.errors import UserError
-from selfrec_ft.scoring.engine import DEFAULT_BATCH_SIZE
-from selfrec_ft.scoring.items import GENERATION_TEMPLATES, TASKS
-from selfrec_ft.sweep.checkpoints import DEFAULT_EVAL_TASKS
 
 
 def register(sub) -> None:
@@ -30,11 +27,11 @@ def register(sub) -> None:
                    "hook_in_domain, else its training corpus")
     p.add_argument("--out-of-domain", help="out-of-domain corpus directory (or demo://...); default: the run's "
                    "hook_out_of_domain")
-    p.add_argument("--in-domain-kind", choices=tuple(GENERATION_TEMPLATES),
+    p.add_argument("--in-domain-kind", choices=GENERATION_DOMAINS,
                    help="short (XSUM-like) or highlights (CNN-like); default: guessed from the directory name")
-    p.add_argument("--out-of-domain-kind", choices=tuple(GENERATION_TEMPLATES), help="as --in-domain-kind")
-    p.add_argument("--tasks", default=",".join(DEFAULT_EVAL_TASKS),
-                   help=f"comma-separated tasks (default: {','.join(DEFAULT_EVAL_TASKS)}; any of {', '.join(TASKS)})")
+    p.add_argument("--out-of-domain-kind", choices=GENERATION_DOMAINS, help="as --in-domain-kind")
+    p.add_argument("--tasks", default=",".join(DEFAULT_HOOK_TASKS),
+                   help=f"comma-separated tasks (default: {','.join(DEFAULT_HOOK_TASKS)}; any of {', '.join(TASKS)})")
     p.add_argument("--self-source", help="the evaluator's own source (default: the run's manifest)")
     p.add_argument("--others", help="comma-separated other sources (default: the run's training others)")
     p.add_argument("--limit", type=int_at_least(1), help="score at most K articles per domain")
@@ -44,7 +41,7 @@ def register(sub) -> None:
                    help="also score the log-likelihood of each source's summaries (self minus others in the table)")
     p.add_argument("--no-base", action="store_true", help="do not evaluate the base model")
     p.add_argument("--final-only", action="store_true", help="only the final model (and the base), no checkpoints")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), help="default: the run's training dtype")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, help="default: the run's training dtype")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--n-resamples", type=int_at_least(1), default=2000, help="bootstrap resamples")
@@ -57,7 +54,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from selfrec_ft.sweep.checkpoints import EvalSettings, eval_checkpoints
 
-    tasks = _names(args.tasks) or []
+    tasks = split_list(args.tasks) or []
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise UserError(f"unknown task(s) {', '.join(unknown)}; use {', '.join(TASKS)}")
@@ -66,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     settings = EvalSettings(
         in_domain=args.in_domain, out_of_domain=args.out_of_domain, in_domain_kind=args.in_domain_kind,
         out_of_domain_kind=args.out_of_domain_kind, tasks=tasks, limit=args.limit, batch_size=args.batch_size,
-        familiarity=args.familiarity, self_source=args.self_source, others=_names(args.others), dtype=args.dtype,
+        familiarity=args.familiarity, self_source=args.self_source, others=split_list(args.others), dtype=args.dtype,
         device=args.device, seed=args.seed, n_resamples=args.n_resamples, progress=not args.no_progress,
     )
     table = eval_checkpoints(args.run_dirs, settings, out=args.out, include_base=not args.no_base,

@@ -5,18 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from selfrec_ft.cli.common import int_at_least
+from selfrec_ft.cli.common import int_at_least, split_list
+from selfrec_ft.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_PRESET,
+    DEFAULT_TASKS,
+    DTYPE_CHOICES,
+    FAMILIARITY,
+    GENERATION_DOMAINS,
+    REPORT_JSON,
+    REPORT_MD,
+    TASKS,
+)
 from selfrec_ft.errors import UserError
-from selfrec_ft.prompts.templates import DEFAULT_PRESET
-from selfrec_ft.scoring.engine import DEFAULT_BATCH_SIZE
-from selfrec_ft.scoring.evaluate import DEFAULT_TASKS
-from selfrec_ft.scoring.items import GENERATION_TEMPLATES, TASKS
-
-
-def _names(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def _templates(pairs: list[str] | None) -> dict[str, str]:
@@ -56,12 +57,12 @@ def register(sub) -> None:
     p.add_argument("--max-length", type=int_at_least(8),
                    help="token budget of a prompt + answer; longer articles are shortened "
                    "(default: the model's context length)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--base-model", help="base model for an adapter directory (default: from its config)")
     p.add_argument("--familiarity", action="store_true",
                    help="also score each summary's mean token log-likelihood given the generation prompt")
-    p.add_argument("--domain", choices=tuple(GENERATION_TEMPLATES),
+    p.add_argument("--domain", choices=GENERATION_DOMAINS,
                    help="dataset domain, recorded in rows; picks the generation template for --familiarity")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--n-resamples", type=int_at_least(1), default=2000, help="bootstrap resamples")
@@ -72,22 +73,23 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from selfrec_ft.scoring.evaluate import evaluate
+    from selfrec_ft.scoring.scorer import Scorer
+    from selfrec_ft.scoring.spec import EvalSpec
 
-    tasks = _names(args.tasks) or []
+    tasks = split_list(args.tasks) or []
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise UserError(f"unknown task(s) {', '.join(unknown)}; use {', '.join(TASKS)}")
     if args.familiarity and args.domain is None:
         raise UserError("--familiarity needs --domain (short or highlights) to pick the generation prompt")
-    result = evaluate(
-        args.model, args.corpus, args.out, self_source=args.self_source, others=_names(args.others),
-        tasks=tasks, skip_first=args.skip_first, limit=args.limit, preset=args.prompt_preset,
-        templates=_templates(args.template), batch_size=args.batch_size,
-        max_batch_tokens=args.max_batch_tokens, max_length=args.max_length,
-        dtype=args.dtype, familiarity=args.familiarity, domain=args.domain, device=args.device,
-        base_model=args.base_model, progress=not args.no_progress, seed=args.seed, n_resamples=args.n_resamples,
-    )
+    spec = EvalSpec(corpus=args.corpus, self_source=args.self_source, others=split_list(args.others),
+                    tasks=tasks + ([FAMILIARITY] if args.familiarity else []), skip_first=args.skip_first,
+                    limit=args.limit, preset=args.prompt_preset, templates=_templates(args.template),
+                    domain=args.domain, seed=args.seed, n_resamples=args.n_resamples)
+    scorer = Scorer(args.model, dtype=args.dtype, device=args.device, batch_size=args.batch_size,
+                    max_batch_tokens=args.max_batch_tokens, max_length=args.max_length, base_model=args.base_model)
+    result = evaluate(scorer, spec, args.out, progress=not args.no_progress)
     print(result.markdown, end="")
     print(f"scored {result.scored} prompts ({result.resumed} already done) -> {result.examples_path}; "
-          f"report: {result.out_dir / 'report.json'}, {result.out_dir / 'report.md'}", file=sys.stderr)
+          f"report: {result.out_dir / REPORT_JSON}, {result.out_dir / REPORT_MD}", file=sys.stderr)
     return 0

@@ -25,7 +25,6 @@ from typing import Any
 from selfrec_ft.data.corpus import Corpus
 from selfrec_ft.errors import UserError
 from selfrec_ft.prompts.templates import (
-    DEFAULT_PRESET,
     INDIVIDUAL_TASKS,
     PAIRWISE_TASKS,
     RenderedPrompt,
@@ -37,6 +36,7 @@ from selfrec_ft.prompts.templates import (
     render_prompt,
 )
 from selfrec_ft.scoring.engine import ScoreRequest
+from selfrec_ft.scoring.spec import EvalSpec
 
 from selfrec_ft.defaults import FAMILIARITY, GENERATION_TEMPLATES, TASKS  # noqa: E402,F401
 ORDERS = ("forward", "backward")
@@ -64,11 +64,14 @@ class ScoringItem:
 @dataclass
 class ScoringItems:
     """The items in scoring order, with how many prompts were shortened and how many were skipped
-    because a summary is missing."""
+    because a summary is missing; ``article_ids`` and ``others`` are the articles and the other
+    sources they were built for."""
 
     items: list[ScoringItem] = field(default_factory=list)
     shortened: int = 0
     skipped_missing: int = 0
+    article_ids: list[str] = field(default_factory=list)
+    others: list[str] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[ScoringItem]:
         return iter(self.items)
@@ -182,24 +185,18 @@ def render_group(tokenizer, tmpl: TaskTemplate, values_list: Sequence[dict[str, 
     return out
 
 
-def build_items(
-    corpus: Corpus,
-    tokenizer,
-    self_source: str,
-    others: Sequence[str] | None,
-    tasks: Sequence[str],
-    article_ids: Sequence[str],
-    preset: str = DEFAULT_PRESET,
-    max_length: int | None = None,
-    templates: Mapping[str, str] | None = None,
-    familiarity: bool = False,
-    domain: str | None = None,
-) -> ScoringItems:
-    """Scoring items for ``tasks`` on ``article_ids`` (see the module docstring).
+def build_items(corpus: Corpus, tokenizer, spec: EvalSpec, article_ids: Sequence[str], max_length: int | None = None
+                ) -> ScoringItems:
+    """Scoring items of ``spec`` (self source, others, tasks, preset, templates, domain) on
+    ``article_ids`` of ``corpus`` (the spec's corpus, loaded), rendered with ``tokenizer`` within
+    ``max_length``; see the module docstring.
 
-    ``others`` defaults to every corpus source but ``self_source``. ``domain`` (``short`` /
+    ``others`` defaults to every corpus source but the self source. ``domain`` (``short`` /
     ``highlights``) is written into every row and picks the generation template for familiarity.
+    :meth:`selfrec_ft.scoring.scorer.Scorer.items` is the usual way in.
     """
+    self_source, others, domain = spec.self_source, spec.others, spec.domain
+    tasks, templates, preset, familiarity = spec.scored_tasks, spec.template_map, spec.preset, spec.familiarity
     corpus.require_sources([self_source])
     others = [s for s in corpus.sources() if s != self_source] if others is None else list(others)
     corpus.require_sources(others)
@@ -217,7 +214,7 @@ def build_items(
             raise UserError(f"familiarity needs a domain ({' or '.join(GENERATION_TEMPLATES)}), got {domain!r}")
         gen_tmpl = load_preset(preset).task(GENERATION_TEMPLATES[domain])
 
-    out = ScoringItems()
+    out = ScoringItems(article_ids=list(article_ids), others=list(others))
     base = {"self_source": self_source}
     if domain is not None:
         base["domain"] = domain

@@ -36,9 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selfrec_ft import markdown as md
 from selfrec_ft.data.corpus import Corpus, load_corpus
+from selfrec_ft.defaults import EXAMPLES_FILE, FAMILIARITY, REPORT_JSON
 from selfrec_ft.errors import UserError
 from selfrec_ft.jsonl import atomic_write_json, atomic_write_text, read_jsonl_rows
+from selfrec_ft.scoring.spec import EvalSpec
 
 DOMAINS = ("in_domain", "out_of_domain")
 from selfrec_ft.defaults import DEFAULT_HOOK_TASKS as DEFAULT_EVAL_TASKS  # noqa: E402
@@ -181,7 +184,8 @@ class EvalSettings:
     (default: the run's evaluation-hook corpora, the training corpus for in-domain); ``*_kind`` is
     ``short`` or ``highlights`` (recorded as the rows' domain, picks the familiarity prompt; default:
     guessed from the corpus directory name). ``self_source`` / ``others`` / ``dtype`` override the
-    run's."""
+    run's; ``batch_size`` / ``device`` / ``dtype`` build each evaluation's
+    :class:`~selfrec_ft.scoring.scorer.Scorer`, the rest its :class:`~selfrec_ft.scoring.spec.EvalSpec`."""
 
     in_domain: str | None = None
     out_of_domain: str | None = None
@@ -200,32 +204,38 @@ class EvalSettings:
     progress: bool = True
     demo_cache: str | None = None
 
+    @property
+    def spec_tasks(self) -> tuple[str, ...]:
+        return tuple(self.tasks) + ((FAMILIARITY,) if self.familiarity else ())
+
 
 @dataclass
 class EvalJob:
-    """One (model, domain) evaluation."""
+    """One (model, domain) evaluation: the model path, what to measure (``spec``; its ``domain`` is
+    the corpus kind written into the rows) and where (``out_dir``). ``domain`` here is the table's
+    ``in_domain`` / ``out_of_domain``."""
 
     run: str
     checkpoint: str
     step: int | None
     domain: str
     model: str
-    corpus: Corpus
-    kind: str | None
-    skip_first: int
-    self_source: str
-    others: list[str]
-    preset: str
-    max_length: int | None
+    spec: EvalSpec
     dtype: str
+    max_length: int | None
     out_dir: Path
-    train_article_ids: frozenset[str] = frozenset()
     reuse_of: "EvalJob | None" = None  # a checkpoint at the final step reuses the final evaluation
 
     @property
-    def examples(self) -> Path:
-        from selfrec_ft.scoring.evaluate import EXAMPLES_FILE
+    def corpus(self) -> Corpus:
+        return self.spec.corpus
 
+    @property
+    def skip_first(self) -> int:
+        return self.spec.skip_first
+
+    @property
+    def examples(self) -> Path:
         return (self.reuse_of or self).out_dir / EXAMPLES_FILE
 
 
@@ -286,30 +296,80 @@ def _domain_sources(settings: EvalSettings, run: RunDir) -> dict[str, tuple[str 
     return out
 
 
-def _job(settings: EvalSettings, corpora: CorpusCache, *, run: str, ck: Checkpoint, domain: str, ref: str,
-         kind: str | None, skip: int, self_source: str, others: Sequence[str] | None, preset: str,
-         max_length: int | None, dtype: str, root: Path, train_ids: frozenset[str]) -> EvalJob:
+@dataclass
+class _Target:
+    """What the models of one run (or one base model) are evaluated on: per domain a corpus ref and
+    kind, the sources, preset, prompt budget, dtype, the in-domain articles to skip and the ids
+    trained on."""
+
+    run: str
+    sources: dict[str, tuple[str | None, str | None]]
+    self_source: str
+    others: list[str] | None
+    preset: str
+    max_length: int | None
+    dtype: str
+    skip: int
+    train_ids: frozenset[str]
+
+
+def _job(target: _Target, ck: Checkpoint, domain: str, root: Path, settings: EvalSettings,
+         corpora: "CorpusCache") -> EvalJob:
+    ref, kind = target.sources[domain]
     corpus = corpora.get(ref)
-    corpus.require_sources([self_source])
-    others = [s for s in corpus.sources() if s != self_source] if others is None else list(others)
+    corpus.require_sources([target.self_source])
+    others = [s for s in corpus.sources() if s != target.self_source] if target.others is None else list(target.others)
     corpus.require_sources(others)
     if settings.familiarity and kind is None:
         raise UserError(f"--familiarity needs the {domain.replace('_', '-')} corpus kind (short or highlights): "
                         f"it cannot be guessed from {ref}; set --{domain.replace('_', '-')}-kind", corpus.path)
+    skip = target.skip if domain == "in_domain" else 0
     ids = [a.id for a in corpus.heldout_articles(skip, settings.limit)]
     if not ids:
-        raise UserError(f"run {run}: no {domain.replace('_', '-')} articles to evaluate: the corpus has "
+        raise UserError(f"run {target.run}: no {domain.replace('_', '-')} articles to evaluate: the corpus has "
                         f"{len(corpus.articles)} and the first {skip} are skipped", corpus.path)
-    trained = [a for a in ids if a in train_ids]
+    trained = [a for a in ids if a in target.train_ids]
     if trained:
-        raise UserError(f"run {run}: {len(trained)} of the {domain.replace('_', '-')} articles to evaluate were "
-                        f"trained on (e.g. {trained[0]!r}); is this the training corpus in training order?",
+        raise UserError(f"run {target.run}: {len(trained)} of the {domain.replace('_', '-')} articles to evaluate "
+                        f"were trained on (e.g. {trained[0]!r}); is this the training corpus in training order?",
                         corpus.path)
-    h = settings_hash(corpus=str(corpus.path), skip=skip, limit=settings.limit, self_source=self_source,
-                      others=others, preset=preset, max_length=max_length, dtype=dtype, kind=kind)
-    return EvalJob(run=run, checkpoint=ck.name, step=ck.step, domain=domain, model=ck.path, corpus=corpus,
-                   kind=kind, skip_first=skip, self_source=self_source, others=others, preset=preset,
-                   max_length=max_length, dtype=dtype, out_dir=root / f"{domain}-{h}", train_article_ids=train_ids)
+    spec = EvalSpec(corpus=corpus, self_source=target.self_source, others=others, tasks=settings.spec_tasks,
+                    skip_first=skip, limit=settings.limit, preset=target.preset, domain=kind, seed=settings.seed,
+                    n_resamples=settings.n_resamples)
+    h = settings_hash(corpus=str(corpus.path), skip=skip, limit=settings.limit, self_source=target.self_source,
+                      others=others, preset=target.preset, max_length=target.max_length, dtype=target.dtype,
+                      kind=kind)
+    return EvalJob(run=target.run, checkpoint=ck.name, step=ck.step, domain=domain, model=ck.path, spec=spec,
+                   dtype=target.dtype, max_length=target.max_length, out_dir=root / f"{domain}-{h}")
+
+
+def _target(settings: EvalSettings, run: RunDir) -> _Target:
+    return _Target(run=run.name, sources=_domain_sources(settings, run),
+                   self_source=settings.self_source or run.self_source,
+                   others=list(settings.others) if settings.others else run.others, preset=run.preset,
+                   max_length=run.max_length, dtype=settings.dtype or run.dtype, skip=run.n_articles,
+                   train_ids=run.train_article_ids)
+
+
+def _base_jobs(runs: Sequence[RunDir], settings: EvalSettings, base_root: Path, corpora: "CorpusCache"
+               ) -> list[EvalJob]:
+    """The untrained base model(s): once per distinct (base model, sources, preset, prompt budget,
+    dtype, corpora), on the in-domain articles after the largest ``n_articles`` of the runs sharing it."""
+    groups: dict[tuple, list[RunDir]] = {}
+    for run in runs:
+        t = _target(settings, run)
+        key = (run.base_model, t.self_source, tuple(t.others or ()), t.preset, t.max_length, t.dtype,
+               tuple((d, *t.sources[d]) for d in DOMAINS))
+        groups.setdefault(key, []).append(run)
+    jobs = []
+    for key, members in groups.items():
+        name = _slug(Path(key[0]).name) + "-" + settings_hash(key=key)[:6]
+        target = _target(settings, members[0])
+        target.run, target.skip = BASE, max(r.n_articles for r in members)
+        target.train_ids = frozenset().union(*(r.train_article_ids for r in members))
+        ck = Checkpoint(name, 0, key[0])
+        jobs += [_job(target, ck, dom, base_root / name, settings, corpora) for dom in DOMAINS]
+    return jobs
 
 
 def plan_evaluations(runs: Sequence[RunDir], settings: EvalSettings, base_root: str | os.PathLike | None,
@@ -319,34 +379,9 @@ def plan_evaluations(runs: Sequence[RunDir], settings: EvalSettings, base_root: 
     its checkpoints in step order and the final model), each in both domains. Checks sources and
     corpora now, before anything is scored."""
     corpora = corpora or CorpusCache(settings.demo_cache)
-    per_run: list[tuple[RunDir, dict, str, list[str] | None, str]] = []
-    bases: dict[tuple, dict[str, Any]] = {}
-    for run in runs:
-        sources = _domain_sources(settings, run)
-        self_source = settings.self_source or run.self_source
-        others = list(settings.others) if settings.others else run.others
-        dtype = settings.dtype or run.dtype
-        per_run.append((run, sources, self_source, others, dtype))
-        key = (run.base_model, self_source, tuple(others or ()), run.preset, run.max_length, dtype,
-               tuple((d, *sources[d]) for d in DOMAINS))
-        b = bases.setdefault(key, {"runs": [], "sources": sources, "self_source": self_source, "others": others,
-                                   "preset": run.preset, "max_length": run.max_length, "dtype": dtype})
-        b["runs"].append(run)
-    jobs: list[EvalJob] = []
-    if base_root is not None:
-        for key, b in bases.items():
-            base = key[0]
-            name = _slug(Path(base).name) + "-" + settings_hash(key=key)[:6]
-            ck = Checkpoint(name, 0, base)
-            skip = max(r.n_articles for r in b["runs"])
-            train_ids = frozenset().union(*(r.train_article_ids for r in b["runs"]))
-            for dom in DOMAINS:
-                ref, kind = b["sources"][dom]
-                jobs.append(_job(settings, corpora, run=BASE, ck=ck, domain=dom, ref=ref, kind=kind,
-                                 skip=skip if dom == "in_domain" else 0, self_source=b["self_source"],
-                                 others=b["others"], preset=b["preset"], max_length=b["max_length"],
-                                 dtype=b["dtype"], root=Path(base_root) / name, train_ids=train_ids))
-    for run, sources, self_source, others, dtype in per_run:
+    targets = [(run, _target(settings, run)) for run in runs]  # every run's corpora checked up front
+    jobs = _base_jobs(runs, settings, Path(base_root), corpora) if base_root is not None else []
+    for run, target in targets:
         cks = list(run.checkpoints) if checkpoints else []
         if final and run.final is not None:
             cks.append(run.final)
@@ -354,11 +389,7 @@ def plan_evaluations(runs: Sequence[RunDir], settings: EvalSettings, base_root: 
         run_jobs = []
         for ck in sorted(cks, key=lambda c: (c.name != FINAL, c.step if c.step is not None else -1)):
             for dom in DOMAINS:
-                ref, kind = sources[dom]
-                job = _job(settings, corpora, run=run.name, ck=ck, domain=dom, ref=ref, kind=kind,
-                           skip=run.n_articles if dom == "in_domain" else 0, self_source=self_source,
-                           others=others, preset=run.preset, max_length=run.max_length, dtype=dtype,
-                           root=run.path.resolve() / EVAL_SUBDIR / ck.name, train_ids=run.train_article_ids)
+                job = _job(target, ck, dom, run.path.resolve() / EVAL_SUBDIR / ck.name, settings, corpora)
                 if ck.name == FINAL:
                     final_jobs[dom] = job
                 elif run.final is not None and final and ck.step == run.final.step and dom in final_jobs:
@@ -374,7 +405,7 @@ def plan_evaluations(runs: Sequence[RunDir], settings: EvalSettings, base_root: 
 
 def _cached_report(job: EvalJob, settings: EvalSettings) -> dict[str, Any] | None:
     """The job's report.json if it is complete for these settings, else None."""
-    from selfrec_ft.scoring.evaluate import CONFIG_FILE, REPORT_JSON
+    from selfrec_ft.scoring.evaluate import CONFIG_FILE
 
     rpath, cpath = job.out_dir / REPORT_JSON, job.out_dir / CONFIG_FILE
     if not (rpath.is_file() and cpath.is_file() and job.examples.is_file()):
@@ -385,11 +416,12 @@ def _cached_report(job: EvalJob, settings: EvalSettings) -> dict[str, Any] | Non
     except json.JSONDecodeError:
         return None
     meta = (report.get("meta") or {}).get("eval") or {}
-    expected = len(job.corpus.heldout_articles(job.skip_first, settings.limit))
+    spec = job.spec
+    expected = len(job.corpus.heldout_articles(spec.skip_first, spec.limit))
     ok = (meta.get("model") == job.model and meta.get("corpus") == str(job.corpus.path)
-          and meta.get("self_source") == job.self_source and meta.get("others") == job.others
-          and meta.get("articles") == expected and set(settings.tasks) <= set(meta.get("tasks") or ())
-          and config.get("skip_first") == job.skip_first and (not settings.familiarity or "familiarity" in report))
+          and meta.get("self_source") == spec.self_source and meta.get("others") == list(spec.others or ())
+          and meta.get("articles") == expected and set(spec.scored_tasks) <= set(meta.get("tasks") or ())
+          and config.get("skip_first") == spec.skip_first and (not spec.familiarity or "familiarity" in report))
     return report if ok else None
 
 
@@ -429,20 +461,20 @@ def table_row(job: EvalJob, report: Mapping[str, Any], settings: EvalSettings, c
 
 def run_job(job: EvalJob, settings: EvalSettings) -> tuple[dict[str, Any], bool]:
     """``(report, cached)``: the cached complete report, or a fresh (resumed) :func:`evaluate` run."""
-    from selfrec_ft.scoring.engine import DEFAULT_BATCH_SIZE
+    from selfrec_ft.defaults import DEFAULT_BATCH_SIZE
     from selfrec_ft.scoring.evaluate import evaluate
+    from selfrec_ft.scoring.scorer import Scorer
 
     target = job.reuse_of or job
     cached = _cached_report(target, settings)
     if cached is not None:
         return cached, True
-    result = evaluate(
-        target.model, target.corpus, target.out_dir, self_source=target.self_source, others=target.others,
-        tasks=list(settings.tasks), skip_first=target.skip_first, limit=settings.limit, preset=target.preset,
-        batch_size=settings.batch_size or DEFAULT_BATCH_SIZE, max_length=target.max_length, dtype=target.dtype,
-        familiarity=settings.familiarity, domain=target.kind, device=settings.device,
-        progress=settings.progress, seed=settings.seed, n_resamples=settings.n_resamples,
-    )
+    scorer = Scorer(target.model, dtype=target.dtype, device=settings.device,
+                    batch_size=settings.batch_size or DEFAULT_BATCH_SIZE, max_length=target.max_length)
+    try:
+        result = evaluate(scorer, target.spec, target.out_dir, progress=settings.progress)
+    finally:
+        scorer.close()  # the next evaluation never shares the GPU with this model
     return result.report, False
 
 
@@ -478,14 +510,6 @@ def run_evaluations(jobs: Sequence[EvalJob], settings: EvalSettings,
 # ----------------------------------------------------------------------------- the table
 
 
-def _fmt(block: Mapping[str, Any] | None) -> str:
-    if not block or block.get("mean") is None:
-        return "–"
-    ci = block.get("ci95")
-    text = f"{block['mean']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-    return text + (" †" if block.get("position_biased") else "")
-
-
 def render_table_markdown(rows: Sequence[Mapping[str, Any]], title: str = "Recognition and preference by checkpoint"
                           ) -> str:
     fam = any("familiarity" in r for r in rows)
@@ -496,18 +520,17 @@ def render_table_markdown(rows: Sequence[Mapping[str, Any]], title: str = "Recog
              "Mean pairwise score on held-out articles (½[p̂_fwd(self) + p̂_bwd(self)], normalised over the "
              "options; 0.5 = chance), 95% CI from a bootstrap over articles. † = position-biased (the "
              "evaluator mostly answers the same position in both orders). In-domain evaluations skip the "
-             "run's training articles.", "",
-             "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+             "run's training articles.", ""]
+    cells = []
     for r in rows:
         n = (r.get("recognition") or {}).get("n")
         name = r["checkpoint"] + (f" (= {r['same_as']})" if r.get("same_as") else "")
-        cells = [r["run"], name, "–" if r["step"] is None else str(r["step"]),
-                 r["domain"].replace("_", "-"), _fmt(r.get("recognition")), _fmt(r.get("preference"))]
+        row = [r["run"], name, md.DASH if r["step"] is None else str(r["step"]), r["domain"].replace("_", "-"),
+               md.estimate(r.get("recognition"), biased=" †"), md.estimate(r.get("preference"), biased=" †")]
         if fam:
-            cells.append(_fmt(r.get("familiarity")))
-        cells.append("–" if n is None else str(n))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            row.append(md.estimate(r.get("familiarity")))
+        cells.append(row + [md.DASH if n is None else str(n)])
+    return "\n".join(lines + md.table(header, cells)) + "\n"
 
 
 def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike) -> tuple[Path, Path]:

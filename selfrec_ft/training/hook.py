@@ -1,39 +1,36 @@
 """The evaluation hook: recognition and preference while training, in-domain and out-of-domain.
 
-:class:`SelfRecEvalCallback` is a ``transformers.TrainerCallback``. At the start of training (the
-baseline), on every checkpoint save and at the end it scores held-out pairs with the one scoring
-engine (each process scores a shard; results are gathered), computes the protocol's metrics, logs
-them into the trainer's logs (``selfrec/in_domain/recognition`` ...; so ``report_to`` wandb /
-tensorboard shows them), and appends one line per evaluation to ``output_dir/selfrec_hook.jsonl``.
-The prompts are rendered once, when the hook is built.
+:class:`SelfRecEvalCallback` is a ``transformers.TrainerCallback`` built with its trainer (TRL's
+``trl/trainer/callbacks.py`` pattern: ``cb = SelfRecEvalCallback(trainer, specs, ...)``, then
+``trainer.add_callback(cb)``; :func:`hook_from_args` does both). It holds one
+:class:`~selfrec_ft.scoring.scorer.Scorer` over ``trainer.model`` and one
+:class:`~selfrec_ft.scoring.spec.EvalSpec` per domain, whose prompts are rendered once, when the
+hook is built. At the start of training (the baseline), on every checkpoint save and at the end it
+scores them with the one scoring engine (each process scores a shard; results are gathered),
+computes the protocol's metrics, logs them through ``trainer.log`` (``selfrec/in_domain/recognition``
+...; so ``report_to`` wandb / tensorboard shows them; the console shows one compact line, see
+:mod:`selfrec_ft.training.console`) and appends one line per evaluation to
+``output_dir/selfrec_hook.jsonl``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
-from selfrec_ft.data.corpus import Corpus, load_corpus
+from selfrec_ft.defaults import HOOK_FILE
 from selfrec_ft.jsonl import JsonlAppender, read_jsonl_rows
-from selfrec_ft.prompts.templates import DEFAULT_PRESET
-from selfrec_ft.scoring.engine import score_requests
-from selfrec_ft.scoring.items import ScoringItems, build_items, result_row
 from selfrec_ft.scoring.metrics import compute_report
+from selfrec_ft.scoring.scorer import Scorer
+from selfrec_ft.scoring.spec import EvalSpec
+from selfrec_ft.training.report import read_hook_records  # noqa: F401 (re-exported)
 
-from selfrec_ft.defaults import HOOK_FILE  # noqa: E402
-DOMAINS = ("in_domain", "out_of_domain")
-MEASURES = {"pairwise-recognition": "recognition", "pairwise-preference": "preference"}
-
-
-@dataclass
-class HookDomain:
-    name: str
-    items: ScoringItems
+HOOK_RESAMPLES = 1000
+"""Bootstrap resamples of the hook's intervals."""
 
 
 def summarise(report: dict[str, Any]) -> dict[str, Any]:
@@ -46,53 +43,37 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_hook_domains(tokenizer, self_source: str, others: Sequence[str] | None, tasks: Sequence[str],
-                       in_domain: str | Corpus | None, n_train_articles: int, out_of_domain: str | Corpus | None,
-                       limit: int | None = None, preset: str = DEFAULT_PRESET, max_length: int | None = None
-                       ) -> list[HookDomain]:
-    """Items for the held-out in-domain articles (after the training ones) and the out-of-domain corpus."""
-    domains = []
-    for name, corpus, skip in (("in_domain", in_domain, n_train_articles), ("out_of_domain", out_of_domain, 0)):
-        if corpus is None:
-            continue
-        c = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
-        ids = [a.id for a in c.heldout_articles(skip, limit)]
-        domains.append(HookDomain(name, build_items(c, tokenizer, self_source, others, list(tasks), ids,
-                                                    preset=preset, max_length=max_length, domain=name)))
-    return domains
-
-
-def score_domains(model, domains: Sequence[HookDomain], batch_size: int = 8, seed: int = 0,
-                  n_resamples: int = 1000, progress: bool = False) -> dict[str, Any]:
-    """Score every domain's items with ``model`` and summarise: ``{domain: {recognition, preference}}``."""
-    out = {}
-    for dom in domains:
-        results = score_requests(model, [it.request for it in dom.items], batch_size=batch_size,
-                                 progress=progress, desc=f"hook {dom.name}")
-        rows = [result_row(it, r) for it, r in zip(dom.items, results)]
-        out[dom.name] = summarise(compute_report(rows, seed=seed, n_resamples=n_resamples))
-    return out
-
-
 class SelfRecEvalCallback(TrainerCallback):
-    """See the module docstring. ``trainer`` must be set (``callback.trainer = trainer``) for the
-    metrics to reach the trainer's logs; without it they only go to the JSONL file."""
+    """See the module docstring. ``specs`` are one :class:`EvalSpec` per domain (``spec.domain`` is
+    the domain's name, ``in_domain`` / ``out_of_domain``); ``batch_size`` and ``max_length`` (prompt
+    budget; default the model's context) configure the scorer."""
 
-    def __init__(self, domains: Sequence[HookDomain], output_dir: str, batch_size: int = 8,
-                 at_start: bool = True, at_end: bool = True, seed: int = 0, n_resamples: int = 1000):
-        self.domains = list(domains)
-        self.path = Path(output_dir) / HOOK_FILE
-        self.batch_size = batch_size
+    def __init__(self, trainer, specs: Sequence[EvalSpec], *, batch_size: int = 8, max_length: int | None = None,
+                 at_start: bool = True, at_end: bool = True):
+        self.trainer = trainer
+        self.scorer = Scorer(trainer.model, trainer.processing_class, batch_size=batch_size, max_length=max_length)
+        self.domains = [(spec, self.scorer.items(spec)) for spec in specs]
+        self.path = Path(trainer.args.output_dir) / HOOK_FILE
         self.at_start, self.at_end = at_start, at_end
-        self.seed, self.n_resamples = seed, n_resamples
-        self.trainer = None
         self._done_steps = {int(r["step"]) for r in read_jsonl_rows(self.path)} if self.path.exists() else set()
 
-    def _run(self, args, state, model, event: str) -> None:
-        if not self.domains or model is None or state.global_step in self._done_steps:
+    def evaluate(self, model=None) -> dict[str, Any]:
+        """Score every domain and summarise: ``{domain: {recognition, preference}}``. ``model``: the
+        model the trainer hands to its callbacks, when it is no longer ``trainer.model`` (re-wrapped)."""
+        if model is not None and model is not self.scorer.model:
+            self.scorer = Scorer(model, self.scorer.tokenizer, batch_size=self.scorer.batch_size,
+                                 max_length=self.scorer.max_length)
+        out = {}
+        for spec, items in self.domains:
+            rows = self.scorer.score_items(items, desc=f"hook {spec.domain}")
+            out[spec.domain] = summarise(compute_report(rows, seed=spec.seed, n_resamples=spec.n_resamples))
+        return out
+
+    def _run(self, state, model, event: str) -> None:
+        if not self.domains or state.global_step in self._done_steps:
             return
         t0 = time.perf_counter()
-        metrics = score_domains(model, self.domains, self.batch_size, self.seed, self.n_resamples)
+        metrics = self.evaluate(model)
         self._done_steps.add(state.global_step)
         record = {"step": state.global_step, "epoch": state.epoch, "event": event, **metrics,
                   "seconds": round(time.perf_counter() - t0, 3)}
@@ -101,42 +82,46 @@ class SelfRecEvalCallback(TrainerCallback):
                 app.append([record])
         flat = {f"selfrec/{d}/{m}": v["mean"] for d, ms in metrics.items() for m, v in ms.items()
                 if v.get("mean") is not None}
-        if self.trainer is not None and flat:
+        if flat:
             self.trainer.log(flat)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.at_start:
-            self._run(args, state, model, "start")
+            self._run(state, model, "start")
 
     def on_save(self, args, state, control, model=None, **kwargs):
-        self._run(args, state, model, "save")
+        self._run(state, model, "save")
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self.at_end:
-            self._run(args, state, model, "end")
+            self._run(state, model, "end")
 
 
-def read_hook_records(output_dir: str | Path) -> list[dict[str, Any]]:
-    """The hook's evaluations in step order (the last record of a step wins)."""
-    by_step = {int(r["step"]): r for r in read_jsonl_rows(Path(output_dir) / HOOK_FILE)}
-    return [by_step[s] for s in sorted(by_step)]
+def hook_specs(hook_args, data_args) -> list[EvalSpec]:
+    """The hook's :class:`EvalSpec` per domain from ``EvalHookArguments``: in-domain skips the run's
+    ``n_articles`` training articles, the out-of-domain corpus is used from its first article. The
+    self source and others are the training run's unless ``hook_others`` says otherwise."""
+    others = hook_args.hook_others or getattr(data_args, "others", None)
+    common = dict(self_source=data_args.self_source, others=others, tasks=hook_args.hook_tasks,
+                  limit=hook_args.hook_limit, preset=data_args.prompt_preset,
+                  seed=getattr(data_args, "label_seed", 0), n_resamples=HOOK_RESAMPLES)
+    specs = []
+    for name, corpus, skip in (("in_domain", hook_args.hook_in_domain, data_args.n_articles),
+                               ("out_of_domain", hook_args.hook_out_of_domain, 0)):
+        if corpus:
+            specs.append(EvalSpec(corpus=corpus, skip_first=skip, domain=name, **common))
+    return specs
 
 
-def hook_from_args(hook_args, data_args, output_dir: str, tokenizer, max_length: int | None = None
-                   ) -> SelfRecEvalCallback | None:
-    """The hook an SFT/DPO run asked for (``EvalHookArguments``), or None when no domain is set.
+def hook_from_args(trainer, hook_args, data_args, max_length: int | None = None) -> SelfRecEvalCallback | None:
+    """Build the hook an SFT/DPO run asked for (``EvalHookArguments``) with its trainer, add it to the
+    trainer (after making its console compact) and return it; None when no domain is set."""
+    from selfrec_ft.training.console import use_compact_console
 
-    In-domain evaluation skips the run's ``n_articles`` training articles; the out-of-domain corpus
-    is used from its first article. The self source and others are the training run's unless
-    ``hook_others`` says otherwise.
-    """
     if hook_args is None or not (hook_args.hook_in_domain or hook_args.hook_out_of_domain):
         return None
-    others = hook_args.hook_others or getattr(data_args, "others", None)
-    domains = build_hook_domains(
-        tokenizer, data_args.self_source, others, hook_args.hook_tasks, hook_args.hook_in_domain,
-        data_args.n_articles, hook_args.hook_out_of_domain, limit=hook_args.hook_limit,
-        preset=data_args.prompt_preset, max_length=max_length,
-    )
-    return SelfRecEvalCallback(domains, output_dir, batch_size=hook_args.hook_batch_size,
-                               seed=getattr(data_args, "label_seed", 0))
+    hook = SelfRecEvalCallback(trainer, hook_specs(hook_args, data_args), batch_size=hook_args.hook_batch_size,
+                               max_length=max_length)
+    use_compact_console(trainer)
+    trainer.add_callback(hook)
+    return hook

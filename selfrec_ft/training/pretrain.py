@@ -42,9 +42,9 @@ def pretrain_summariser(
     learning_rate: float = 3e-3,
     batch_size: int = 16,
     seed: int = 0,
-    preset: str = DEFAULT_PRESET,
 ) -> Path:
-    """Train ``model_dir`` to summarise like ``source`` and save model + tokenizer to ``out_dir``."""
+    """Train ``model_dir`` to summarise like ``source`` (on the default preset's generation prompts)
+    and save model + tokenizer to ``out_dir``."""
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
@@ -71,9 +71,9 @@ def pretrain_summariser(
         completion_only_loss=True,
         dataloader_num_workers=0,
         disable_tqdm=True,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=summarisation_dataset(corpora, source, preset),
+    trainer = SFTTrainer(model=model, args=args, train_dataset=summarisation_dataset(corpora, source),
                          processing_class=tokenizer)
     trainer.train()
     trainer.model.save_pretrained(out, safe_serialization=True)

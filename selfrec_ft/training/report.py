@@ -1,6 +1,6 @@
 """The training report: recognition and preference before, during and after fine-tuning.
 
-Built from the evaluation hook's records (:data:`selfrec_ft.training.hook.HOOK_FILE`): the first
+Built from the evaluation hook's records (``selfrec_hook.jsonl``, :mod:`selfrec_ft.training.hook`): the first
 record is the baseline (step 0, before any update), records made at checkpoint saves are the
 checkpoints, the last one is the final model. Writes ``report.json``, ``report.md`` and
 ``recognition_preference_by_step.png`` into the run's output directory.
@@ -11,14 +11,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from selfrec_ft.jsonl import atomic_write_json, atomic_write_text
-from selfrec_ft.training.hook import DOMAINS, read_hook_records
+from selfrec_ft import markdown as md
+from selfrec_ft.defaults import DOMAIN_KEYS as DOMAINS
+from selfrec_ft.defaults import HOOK_FILE, REPORT_JSON, REPORT_MD
+from selfrec_ft.jsonl import atomic_write_json, atomic_write_text, read_jsonl_rows
 
 PLOT_FILE = "recognition_preference_by_step.png"
+STAGE_NOTE = ("Pairwise scores on held-out articles, both orders, normalised over the options; 0.5 is "
+              "chance; 95% CIs resample articles.")
 
 
 def _domains(rec: dict[str, Any]) -> dict[str, Any]:
     return {d: rec[d] for d in DOMAINS if d in rec}
+
+
+def read_hook_records(output_dir: str | Path) -> list[dict[str, Any]]:
+    """The hook's evaluations in step order (the last record of a step wins)."""
+    by_step = {int(r["step"]): r for r in read_jsonl_rows(Path(output_dir) / HOOK_FILE)}
+    return [by_step[s] for s in sorted(by_step)]
 
 
 def build_training_report(output_dir: str | Path) -> dict[str, Any] | None:
@@ -35,28 +45,46 @@ def build_training_report(output_dir: str | Path) -> dict[str, Any] | None:
 
 
 def _fmt(m: dict[str, Any] | None) -> str:
-    if not m or m.get("mean") is None:
-        return "–"
-    lo, hi = m.get("ci95") or (None, None)
-    ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
-    return f"{m['mean']:.3f}{ci}" + (" (position-biased)" if m.get("position_biased") else "")
+    return md.estimate(m, biased=" (position-biased)")
 
 
-def render_training_markdown(report: dict[str, Any]) -> str:
-    lines = ["# Self-recognition fine-tuning: recognition and preference by training step", "",
-             "Pairwise scores on held-out articles, both orders, normalised over the options; 0.5 is "
-             "chance; 95% CIs resample articles.", "",
-             "| stage | step | domain | recognition | preference | n pairs |", "|---|---|---|---|---|---|"]
+def stage_rows(report: dict[str, Any]) -> list[list[str]]:
+    """``[stage, step, domain, recognition, preference, n pairs]`` per stage (baseline, every
+    checkpoint, final) and domain, formatted."""
     stages = [("baseline", report["baseline"])] + [("checkpoint", c) for c in report["checkpoints"]]
     stages.append(("final", report["final"]))
+    rows = []
     for stage, rec in stages:
         for d in DOMAINS:
             if d in rec:
                 r = rec[d]
                 n = (r.get("recognition") or {}).get("n")
-                lines.append(f"| {stage} | {rec['step']} | {d.replace('_', '-')} | {_fmt(r.get('recognition'))} | "
-                             f"{_fmt(r.get('preference'))} | {n if n is not None else '–'} |")
+                rows.append([stage, str(rec["step"]), d.replace("_", "-"), _fmt(r.get("recognition")),
+                             _fmt(r.get("preference")), md.DASH if n is None else str(n)])
+    return rows
+
+
+def render_training_markdown(report: dict[str, Any]) -> str:
+    lines = ["# Self-recognition fine-tuning: recognition and preference by training step", "", STAGE_NOTE, ""]
+    lines += md.table(["stage", "step", "domain", "recognition", "preference", "n pairs"], stage_rows(report))
     return "\n".join(lines) + "\n"
+
+
+def render_training_console(report: dict[str, Any], output_dir: str | Path) -> str:
+    """The result table as aligned text for the console, then the paths of report.md and the plot."""
+    header = ["stage", "step", "domain", "recognition [95% CI]", "preference [95% CI]", "n pairs"]
+    rows = [header] + stage_rows(report)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    right = {1, 5}  # numbers
+    lines = ["recognition and preference of the self summary on held-out articles (0.5 = chance):"]
+    for r in rows:
+        lines.append("  " + "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                                      for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    out = Path(output_dir)
+    lines.append(f"report: {out / REPORT_MD}")
+    if report.get("plot"):
+        lines.append(f"plot:   {out / report['plot']}")
+    return "\n".join(lines)
 
 
 def plot_by_step(output_dir: str | Path, path: str | Path | None = None) -> Path | None:
@@ -101,6 +129,6 @@ def write_training_report(output_dir: str | Path) -> dict[str, Any] | None:
     out = Path(output_dir)
     plot = plot_by_step(out)
     report["plot"] = plot.name if plot else None
-    atomic_write_json(out / "report.json", report)
-    atomic_write_text(out / "report.md", render_training_markdown(report))
+    atomic_write_json(out / REPORT_JSON, report)
+    atomic_write_text(out / REPORT_MD, render_training_markdown(report))
     return report

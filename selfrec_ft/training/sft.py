@@ -18,18 +18,20 @@ to inspect it; :func:`run_sft` is prepare + train + save + teardown.
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from selfrec_ft.errors import UserError
+from selfrec_ft.training.lifecycle import (  # noqa: F401 (re-exported)
+    RESUME_AUTO,
+    RESUME_OFF,
+    resolve_resume,
+    training_mode,
+)
 
 logger = logging.getLogger(__name__)
-
-RESUME_OFF = {"false", "no", "none", "never", "off", "0"}
-RESUME_AUTO = {"true", "yes", "auto", "last", "on", "1"}
 
 
 @dataclass
@@ -72,8 +74,13 @@ class SFTResult:
     manifest: dict[str, Any]
     resumed_from: str | None
     is_main_process: bool = True
+    report: dict[str, Any] | None = None  # the training report (report.json) when the hook ran
 
     def summary(self) -> str:
+        """What the run did, then the result table (baseline -> every checkpoint -> final, both
+        domains, recognition and preference with 95% CIs) and the paths of report.md and the plot."""
+        from selfrec_ft.training.report import render_training_console
+
         s = self.stats
         what = "adapter" if self.mode in ("lora", "qlora") else "model"
         lines = [
@@ -83,20 +90,13 @@ class SFTResult:
             + (f", train loss {self.metrics['train_loss']:.4f}" if "train_loss" in self.metrics else ""),
             f"{what}, tokenizer, resolved_config.yaml and training_manifest.json in {self.output_dir}",
         ]
+        if self.report:
+            lines += ["", render_training_console(self.report, self.output_dir)]
         return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------
 # data
-
-
-def training_mode(model_args) -> str:
-    if model_args.load_in_4bit or model_args.load_in_8bit:
-        if not model_args.use_peft:
-            raise UserError("load_in_4bit / load_in_8bit quantize the frozen base model: they need use_peft: true "
-                            "(QLoRA trains a LoRA adapter on top)")
-        return "qlora"
-    return "lora" if model_args.use_peft else "full"
 
 
 def load_training_corpus(data_args):
@@ -234,51 +234,6 @@ def build_training_pairs(data_args, tokenizer, prompt_max_length: int | None):
 # model and trainer
 
 
-def kbit_device_map(training_args) -> dict[str, Any]:
-    """One whole quantized model per process, on this process's device (TRL 1.x dropped
-    ``get_kbit_device_map``; with DDP, TRL itself would load with ``device_map=None``)."""
-    device = training_args.device
-    return {"": "cpu"} if device.type == "cpu" else {"": str(device)}
-
-
-def _model_init_kwargs(model_args, training_args) -> dict[str, Any]:
-    kwargs = dict(revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code,
-                  attn_implementation=model_args.attn_implementation, dtype=model_args.dtype)
-    kwargs.update(training_args.model_init_kwargs or {})
-    return kwargs
-
-
-def _load_quantized_model(model_path: str, model_args, training_args):
-    import torch
-    from transformers import AutoModelForCausalLM
-    from trl import get_quantization_config
-
-    kwargs = _model_init_kwargs(model_args, training_args)
-    dtype = kwargs.get("dtype")
-    if isinstance(dtype, str) and dtype not in ("auto",):
-        kwargs["dtype"] = getattr(torch, dtype)
-    kwargs["quantization_config"] = get_quantization_config(model_args)
-    kwargs["device_map"] = kbit_device_map(training_args)
-    return AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
-
-
-def _cpu_precision(training_args) -> str | None:
-    """TRL configs default to bf16 mixed precision; on CPU it is slow and changes the numerics."""
-    if training_args.device.type == "cpu" and (training_args.bf16 or training_args.fp16
-                                               or training_args.mixed_precision not in (None, "no")):
-        training_args.bf16 = training_args.fp16 = False
-        training_args.mixed_precision = "no"
-        note = "bf16/fp16 mixed precision turned off: training runs on CPU"
-        logger.warning(note)
-        return note
-    return None
-
-
-def _absolute_if_local(path: str) -> str:
-    p = Path(path).expanduser()
-    return str(p.resolve()) if p.exists() else path
-
-
 def effective_prompt_max_length(data_args, training_args, tokenizer) -> int | None:
     if data_args.prompt_max_length is not None:
         return data_args.prompt_max_length
@@ -304,16 +259,17 @@ def prepare_sft(data_args, training_args, model_args, callbacks=(), hook_args=No
     """Build the pairs, check them, load the model and return a ready ``SFTTrainer`` (no training)."""
     from trl import SFTTrainer, get_peft_config
 
-    from selfrec_ft.models.loading import load_tokenizer
+    from selfrec_ft.models.loading import absolute_if_local, load_model_for_training, load_tokenizer
     from selfrec_ft.training.demo_assets import resolve_demo_refs
-    from selfrec_ft.training.hook import SelfRecEvalCallback, hook_from_args
+    from selfrec_ft.training.hook import hook_from_args
+    from selfrec_ft.training.lifecycle import cpu_precision
 
     mode = training_mode(model_args)
     demo_refs = resolve_demo_refs(data_args, model_args, hook_args,
                                   main_process_first=lambda: training_args.main_process_first(desc="demo assets"))
     if not model_args.model_name_or_path:
         raise UserError("model_name_or_path is not set")
-    model_args.model_name_or_path = _absolute_if_local(model_args.model_name_or_path)
+    model_args.model_name_or_path = absolute_if_local(model_args.model_name_or_path)
     if training_args.packing:
         raise UserError("packing: true merges training examples into blocks; set packing: false")
     if training_args.completion_only_loss is False:
@@ -324,7 +280,7 @@ def prepare_sft(data_args, training_args, model_args, callbacks=(), hook_args=No
         if "flash" in str(model_args.attn_implementation or ""):
             raise UserError(f"share_prefix needs a custom attention mask, which attn_implementation: "
                             f"{model_args.attn_implementation} cannot take; use sdpa or eager")
-    precision_note = _cpu_precision(training_args)
+    precision_note = cpu_precision(training_args)
 
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
     prompt_max = effective_prompt_max_length(data_args, training_args, tokenizer)
@@ -337,25 +293,15 @@ def prepare_sft(data_args, training_args, model_args, callbacks=(), hook_args=No
             f"{training_args.max_length} tokens (longest {max(seq.lengths)}); TRL would truncate them and drop "
             f"their answers. Raise max_length or lower prompt_max_length (articles are shortened to fit)")
 
-    if mode == "qlora":
-        model = _load_quantized_model(model_args.model_name_or_path, model_args, training_args)
-    else:
-        training_args.model_init_kwargs = _model_init_kwargs(model_args, training_args)
-        model = model_args.model_name_or_path
-    callbacks = list(callbacks)
-    hook = hook_from_args(hook_args, data_args, training_args.output_dir, tokenizer, prompt_max)
-    if hook is not None:
-        callbacks.append(hook)
+    model = load_model_for_training(model_args, training_args)
     trainer_cls, collator = SFTTrainer, None
     if data_args.share_prefix:
         from selfrec_ft.training.shared_prefix import SharedPrefixCollator, shared_prefix_trainer_class
 
         trainer_cls, collator = shared_prefix_trainer_class(), SharedPrefixCollator(tokenizer.pad_token_id)
     trainer = trainer_cls(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
-                          peft_config=get_peft_config(model_args), callbacks=callbacks, data_collator=collator)
-    for cb in callbacks:  # the evaluation hook logs through the trainer (report_to sees its metrics)
-        if isinstance(cb, SelfRecEvalCallback):
-            cb.trainer = trainer
+                          peft_config=get_peft_config(model_args), callbacks=list(callbacks), data_collator=collator)
+    hook_from_args(trainer, hook_args, data_args, prompt_max)  # built with its trainer, added to it
     prepared, shared = trainer.train_dataset, None
     kept = sum(prepared["n_examples"]) if data_args.share_prefix else len(prepared)
     if kept != stats.rows:
@@ -373,23 +319,6 @@ def prepare_sft(data_args, training_args, model_args, callbacks=(), hook_args=No
 
 # --------------------------------------------------------------------------------------------------
 # run
-
-
-def resolve_resume(training_args) -> str | None:
-    """The checkpoint to resume from: ``resume_from_checkpoint`` unset/true -> the last one in
-    ``output_dir`` (if any); false/no/none -> start fresh; anything else is a checkpoint path."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    value = training_args.resume_from_checkpoint
-    text = "auto" if value is None else str(value).strip().lower()
-    if text in RESUME_OFF:
-        return None
-    if text in RESUME_AUTO:
-        out = training_args.output_dir
-        return get_last_checkpoint(out) if out and os.path.isdir(out) else None
-    if not Path(value).is_dir():
-        raise UserError("checkpoint to resume from not found", value)
-    return str(value)
 
 
 def build_manifest(setup: SFTSetup, data_args, training_args, model_args, resumed_from: str | None,
@@ -449,9 +378,8 @@ def run_sft(data_args, training_args, model_args, callbacks=(), hook_args=None, 
     """
     from accelerate import PartialState
 
-    from selfrec_ft.jsonl import atomic_write_json
     from selfrec_ft.training import manifest as mf
-    from selfrec_ft.training.report import write_training_report
+    from selfrec_ft.training.lifecycle import start_run, train_and_finish
     from selfrec_ft.training.teardown import release
     from selfrec_ft.training.threads import use_cpu_cores
 
@@ -469,21 +397,8 @@ def run_sft(data_args, training_args, model_args, callbacks=(), hook_args=None, 
         if resume and old and old.get("training_data_sha256") not in (None, manifest["training_data_sha256"]):
             raise UserError("this output directory holds checkpoints trained on different data; use another "
                             "output_dir or set resume_from_checkpoint: false", out)
-        state.wait_for_everyone()
-        if state.is_main_process:
-            mf.write_resolved_config(out, data_args, training_args, model_args, hook_args)
-            atomic_write_json(out / mf.MANIFEST_FILE, manifest)
-        train_result = trainer.train(resume_from_checkpoint=resume)
-        trainer.save_model(str(out))
-        trainer.save_state()
-        metrics = dict(train_result.metrics)
-        global_step = int(trainer.state.global_step)
-        manifest.update(status="done", finished=mf.now_iso(), global_step=global_step, train_metrics=metrics,
-                        output=str(out.resolve()))
-        if state.is_main_process:
-            atomic_write_json(out / mf.MANIFEST_FILE, manifest)
-            write_training_report(out)  # from the evaluation hook's records, when it ran
-        state.wait_for_everyone()
+        start_run(out, manifest, (data_args, training_args, model_args, hook_args), state)
+        global_step, metrics, report = train_and_finish(trainer, out, manifest, resume, state)
         is_main = state.is_main_process
     finally:
         # Free the trainer (model, optimizer, dataloaders) before destroying the process group:
@@ -492,4 +407,5 @@ def run_sft(data_args, training_args, model_args, callbacks=(), hook_args=None, 
         if setup is not None:
             setup.trainer = None
         release(accelerator, teardown)
-    return SFTResult(out, setup.mode, global_step, metrics, setup.stats, manifest, resume, is_main_process=is_main)
+    return SFTResult(out, setup.mode, global_step, metrics, setup.stats, manifest, resume, is_main_process=is_main,
+                     report=report)

@@ -13,13 +13,13 @@ self-recognition and self-preference, before and after, with article-bootstrap i
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from scipy import stats as sps
 
+from selfrec_ft import markdown as md
 from selfrec_ft.stats import cluster_bootstrap_mean, finite_or_none
 
 MEASURES = ("recognition", "preference")
@@ -138,23 +138,6 @@ def judgement_shift(rows_before: Sequence[Mapping[str, Any]], rows_after: Sequen
 # markdown
 
 
-def _f(x: float | None, digits: int = 3) -> str:
-    if x is None or not math.isfinite(x):
-        return "–"
-    return f"{round(x, digits) + 0.0:.{digits}f}"  # + 0.0: no "-0.000"
-
-
-def _ci(block: Mapping[str, Any] | None, key: str = "mean", digits: int = 3) -> str:
-    if not block or block.get(key) is None:
-        return "–"
-    ci = block.get("ci95")
-    return _f(block[key], digits) + (f" [{_f(ci[0], digits)}, {_f(ci[1], digits)}]" if ci else "")
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:+.1f}%"
-
-
 def render_shift_markdown(shift: Mapping[str, Any]) -> str:
     """``shift.md``: the attribute and the judgements before and after, per domain."""
     attr, direction = shift["attribute"], shift["direction"]
@@ -170,9 +153,10 @@ def render_shift_markdown(shift: Mapping[str, Any]) -> str:
     for dom, a in shift.get("attribute_by_domain", {}).items():
         rc = a.get("relative_change")
         rci = a.get("relative_change_ci95")
-        rel = _pct(rc) + (f" [{_pct(rci[0])}, {_pct(rci[1])}]" if rci else "")
-        lines.append(f"| {DOMAIN_LABELS.get(dom, dom)} | {_ci(a['before'], digits=2)} | {_ci(a['after'], digits=2)} | "
-                     f"{_ci(a['difference'], digits=2)} | {rel} | {a['n_articles']} | "
+        rel = md.pct(rc) + (f" [{md.pct(rci[0])}, {md.pct(rci[1])}]" if rci else "")
+        lines.append(f"| {DOMAIN_LABELS.get(dom, dom)} | {md.estimate(a['before'], '.2f')} | "
+                     f"{md.estimate(a['after'], '.2f')} | {md.estimate(a['difference'], '.2f')} | {rel} | "
+                     f"{a['n_articles']} | "
                      f"{a.get('n_empty_before', '–')} / {a.get('n_empty_after', '–')} |")
     lines += ["", "An empty summary (the model ended its answer at once) counts as the empty text."]
     for measure in MEASURES:
@@ -185,23 +169,23 @@ def render_shift_markdown(shift: Mapping[str, Any]) -> str:
                   "| domain | before | after | change | after vs pre-DPO self | n pairs |", "|---|---|---|---|---|---|"]
         for dom, m in doms.items():
             n = (m.get("after") or m.get("before") or {}).get("n")
-            flag = lambda b: " (position-biased)" if b and b.get("position_biased") else ""  # noqa: E731
-            lines.append(f"| {DOMAIN_LABELS.get(dom, dom)} | {_ci(m.get('before'))}{flag(m.get('before'))} | "
-                         f"{_ci(m.get('after'))}{flag(m.get('after'))} | {_ci(m.get('change'))} | "
-                         f"{_ci(m.get('vs_self_before_dpo'))} | {n if n is not None else '–'} |")
+            biased = " (position-biased)"
+            lines.append(f"| {DOMAIN_LABELS.get(dom, dom)} | {md.estimate(m.get('before'), biased=biased)} | "
+                         f"{md.estimate(m.get('after'), biased=biased)} | {md.estimate(m.get('change'))} | "
+                         f"{md.estimate(m.get('vs_self_before_dpo'))} | {n if n is not None else md.DASH} |")
         rows = [(dom, src, v) for dom, m in doms.items() for src, v in m.get("by_source", {}).items()]
         if rows:
             lines += ["", "| domain | other source | before | after |", "|---|---|---|---|"]
-            lines += [f"| {DOMAIN_LABELS.get(d, d)} | {src} | {_ci(v['before'])} | {_ci(v['after'])} |"
+            lines += [f"| {DOMAIN_LABELS.get(d, d)} | {src} | {md.estimate(v['before'])} | {md.estimate(v['after'])} |"
                       for d, src, v in rows]
     p = shift.get("pairs")
     if p:
         lines += ["", "## Training pairs", "",
                   f"{p['n_pairs']} pairs from {p['n_articles_used']} of {p['n_articles']} training articles "
-                  f"({p['skipped']} skipped); mean target gap {_f(p['target_gap_mean'], 2)} "
+                  f"({p['skipped']} skipped); mean target gap {md.num(p['target_gap_mean'], '.2f')} "
                   "(details in matching.json)."]
     t = shift.get("training")
     if t:
         lines += ["", f"Training: {t.get('global_step')} steps"
-                  + (f", train loss {_f(t.get('train_loss'), 4)}" if t.get("train_loss") is not None else "") + "."]
+                  + (f", train loss {md.num(t['train_loss'], '.4f')}" if t.get("train_loss") is not None else "") + "."]
     return "\n".join(lines) + "\n"
