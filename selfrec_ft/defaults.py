@@ -29,6 +29,10 @@ GENERATION_TEMPLATES = {"short": "generate-short", "highlights": "generate-highl
 LABEL_STRATEGIES = ("self", "other", "always_1", "random", "length", "vowelcount", "readability")
 CONTROL_QUESTIONS = {"length": "pairwise-length", "vowelcount": "pairwise-vowelcount",
                      "readability": "pairwise-readability"}
+LABEL_TIES = ("drop", "position1")
+"""What a control strategy does with a pair tied on its property: leave it out (default) or label
+position 1 (which trains a position bias)."""
+DEFAULT_LABEL_TIES = "drop"
 ARTICLES_FILE = "articles.jsonl"
 SUMMARIES_FILE = "summaries.jsonl"
 
@@ -41,6 +45,13 @@ REPORT_FORMATS = ("selfrec", "p1")
 EXAMPLES_FILE = "examples.jsonl"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+
+# ----------------------------------------------------------------------------------- dissection
+DISSECTION_METHODS = ("nuts", "nuts-p2", "map")
+"""Fit methods: posterior mean by NUTS (default), P2's exact NUTS procedure, posterior mode."""
+DEFAULT_DISSECTION_METHOD = "nuts"
+DEFAULT_PRIOR_SCALE = 0.1
+"""P2's Laplace(0, b) prior scale on every weight."""
 
 # ---------------------------------------------------------------------------- models and training
 TINY_SIZES = ("tiny", "demo", "small")

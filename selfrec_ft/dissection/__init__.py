@@ -2,8 +2,11 @@
 judge's pairwise preferences on property comparisons to see which properties drive them.
 
 * :mod:`.properties`: P2's 29 property names in feature order, the ``self`` feature, P2's weights.
-* :mod:`.fit`: Bayesian logistic regression (MAP + Laplace interval; optional exact NUTS mode).
+* :mod:`.fit`: Bayesian logistic regression (default: NUTS posterior mean and credible interval, as
+  P2 reports; P2's exact procedure as ``nuts-p2``; MAP + Laplace interval as ``map``).
 * :mod:`.run`: comparisons file -> report.json, report.md, bar chart (``selfrec dissect``).
+* :mod:`.judge`, :mod:`.comparisons`, :mod:`.self_preference`, :mod:`.judge_report`: a judge's
+  labels through a :class:`~selfrec_ft.scoring.scorer.Scorer`, and base vs fine-tuned judges.
 
 The names below are loaded on first use (PEP 562): importing one submodule does not import the
 others (numpy, scipy, matplotlib).

@@ -11,18 +11,16 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from selfrec_ft.defaults import DEFAULT_PRESET
-from selfrec_ft.dissection.fit import DEFAULT_PRIOR_SCALE
+from selfrec_ft.dissection.fit import DEFAULT_METHOD, DEFAULT_PRIOR_SCALE
 from selfrec_ft.dissection.judge import (
     TEMPLATE,
     TEXT_KEYS,
@@ -33,55 +31,26 @@ from selfrec_ft.dissection.judge import (
     judgement_fields,
     label_preference,
 )
-from selfrec_ft.dissection.properties import FEATURES
-from selfrec_ft.dissection.run import PLOT_NAME, Comparisons, dissect, plot_scores, report_markdown
+from selfrec_ft.dissection.run import (  # noqa: F401 (comparisons_from_rows re-exported)
+    PLOT_NAME,
+    Comparisons,
+    comparisons_from_rows,
+    dissect,
+    plot_scores,
+    report_markdown,
+)
 from selfrec_ft.errors import UserError
 from selfrec_ft.jsonl import atomic_write_json, atomic_write_text, iter_jsonl
 
 COMPARISONS_FILE = "comparisons.jsonl"
 DROPPED_FILE = "dropped.jsonl"
 JUDGE_FILE = "judge.json"
-_INDEX = {name: i for i, name in enumerate(FEATURES)}
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def comparisons_from_rows(rows: Iterable[tuple[int | None, Mapping[str, Any]]], path: str | os.PathLike | None = None,
-                          require_preferred: bool = True) -> Comparisons:
-    """``X`` (features in :data:`FEATURES` order, a missing one is 0) and ``y`` of ``(line, row)``
-    pairs; a bad feature name or value, or a bad/missing ``preferred`` is a :class:`UserError` at
-    ``path:line``. Without ``require_preferred`` a row may lack ``preferred`` (its ``y`` is 0)."""
-    xs: list[np.ndarray] = []
-    labels: list[int] = []
-    for lineno, obj in rows:
-        if "preferred" not in obj and require_preferred:
-            raise UserError('missing field "preferred"', path, lineno)
-        pref = obj.get("preferred", 0)
-        if not _is_number(pref) or pref not in (0, 1):
-            raise UserError(f'"preferred" must be 1 (response 1) or 0 (response 2), got {pref!r}', path, lineno)
-        x = np.zeros(len(FEATURES))
-        for name, value in obj["features"].items():
-            if name not in _INDEX:
-                close = difflib.get_close_matches(name, FEATURES, n=1)
-                hint = f' (did you mean "{close[0]}"?)' if close else ""
-                raise UserError(f'unknown property "{name}"{hint}', path, lineno)
-            if not _is_number(value) or value not in (-1, 0, 1):
-                raise UserError(f'property "{name}" must be -1, 0 or 1, got {value!r}', path, lineno)
-            x[_INDEX[name]] = value
-        xs.append(x)
-        labels.append(int(pref))
-    if not xs:
-        raise UserError("no comparisons", path)
-    return Comparisons(X=np.vstack(xs), y=np.asarray(labels, dtype=int))
-
 
 def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def fit_and_write(comp: Comparisons, out_dir: str | os.PathLike, title: str, method: str = "map",
+def fit_and_write(comp: Comparisons, out_dir: str | os.PathLike, title: str, method: str = DEFAULT_METHOD,
                   prior_scale: float = DEFAULT_PRIOR_SCALE, **fit_kwargs) -> dict[str, Any]:
     """Fit ``comp`` and write ``report.json``, ``report.md`` and the chart into ``out_dir``."""
     if not prior_scale > 0:

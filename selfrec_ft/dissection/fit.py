@@ -48,11 +48,11 @@ from scipy.stats import norm
 
 from selfrec_ft.errors import UserError
 
-DEFAULT_PRIOR_SCALE = 0.1
+from selfrec_ft.defaults import DEFAULT_DISSECTION_METHOD as DEFAULT_METHOD
+from selfrec_ft.defaults import DEFAULT_PRIOR_SCALE  # noqa: F401 (re-exported)
+from selfrec_ft.defaults import DISSECTION_METHODS as METHODS
+
 _Z95 = float(norm.ppf(0.975))
-METHODS = ("nuts", "nuts-p2", "map")
-"""Fit methods: posterior mean by NUTS (default), P2's exact NUTS procedure, posterior mode."""
-DEFAULT_METHOD = "nuts"
 
 
 @dataclass(frozen=True)

@@ -73,21 +73,6 @@ def preference_template(preset: str = DEFAULT_PRESET, template: str = TEMPLATE):
     return tmpl
 
 
-def preference_template(preset: str = DEFAULT_PRESET, template: str = TEMPLATE):
-    """The pairwise preference template (two options, article and two summaries)."""
-    p = load_preset(preset)
-    tmpl = p.task(template)
-    if tmpl.measures != TEMPLATE:
-        raise UserError(f"template {tmpl.name!r} measures {tmpl.measures!r}, not {TEMPLATE!r}", p.source)
-    if len(tmpl.options) != 2:
-        raise UserError(f"template {tmpl.name!r} needs exactly two options, has {list(tmpl.options)}", p.source)
-    unknown = tmpl.fields - {"article", "summary1", "summary2"}
-    if unknown:
-        raise UserError(f"template {tmpl.name!r} needs {', '.join(sorted(unknown))}, which a judge pair does "
-                        "not have (only article, summary1, summary2)", p.source)
-    return tmpl
-
-
 def _check_pair(i: int, pair: Mapping[str, Any]) -> None:
     for key in TEXT_KEYS:
         if not isinstance(pair.get(key), str):

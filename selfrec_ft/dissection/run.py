@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,14 +43,17 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def read_comparisons(path: str | os.PathLike) -> Comparisons:
-    """Parse and validate a comparisons file; any problem is a :class:`UserError` with file:line."""
-    rows: list[np.ndarray] = []
+def comparisons_from_rows(rows: Iterable[tuple[int | None, Mapping[str, Any]]], path: str | os.PathLike | None = None,
+                          require_preferred: bool = True) -> Comparisons:
+    """``X`` (features in :data:`FEATURES` order, a missing one is 0) and ``y`` of ``(line, row)``
+    pairs; a bad feature name or value, or a bad/missing ``preferred`` is a :class:`UserError` at
+    ``path:line``. Without ``require_preferred`` a row may lack ``preferred`` (its ``y`` is 0)."""
+    xs: list[np.ndarray] = []
     labels: list[int] = []
-    for lineno, obj in iter_jsonl(path, required={"features": dict}):
-        if "preferred" not in obj:
+    for lineno, obj in rows:
+        if "preferred" not in obj and require_preferred:
             raise UserError('missing field "preferred"', path, lineno)
-        pref = obj["preferred"]
+        pref = obj.get("preferred", 0)
         if not _is_number(pref) or pref not in (0, 1):
             raise UserError(f'"preferred" must be 1 (response 1) or 0 (response 2), got {pref!r}', path, lineno)
         x = np.zeros(len(FEATURES))
@@ -61,11 +65,16 @@ def read_comparisons(path: str | os.PathLike) -> Comparisons:
             if not _is_number(value) or value not in (-1, 0, 1):
                 raise UserError(f'property "{name}" must be -1, 0 or 1, got {value!r}', path, lineno)
             x[_INDEX[name]] = value
-        rows.append(x)
+        xs.append(x)
         labels.append(int(pref))
-    if not rows:
-        raise UserError("no comparisons in the file", path)
-    return Comparisons(X=np.vstack(rows), y=np.asarray(labels, dtype=int))
+    if not xs:
+        raise UserError("no comparisons", path)
+    return Comparisons(X=np.vstack(xs), y=np.asarray(labels, dtype=int))
+
+
+def read_comparisons(path: str | os.PathLike) -> Comparisons:
+    """Parse and validate a comparisons file; any problem is a :class:`UserError` with file:line."""
+    return comparisons_from_rows(iter_jsonl(path, required={"features": dict}), path)
 
 
 def dissect(

@@ -30,7 +30,7 @@ from selfrec_ft.dissection.comparisons import (
     fit_and_write,
     write_jsonl,
 )
-from selfrec_ft.dissection.fit import DEFAULT_PRIOR_SCALE
+from selfrec_ft.dissection.fit import DEFAULT_METHOD, DEFAULT_PRIOR_SCALE
 from selfrec_ft.dissection.judge import (
     TEMPLATE,
     TIE_TOLERANCE,
@@ -146,7 +146,7 @@ def _as_list(ci):
 
 
 def run_judge_dissection(judges: Mapping[str, Any], spec: EvalSpec, out_dir: str | os.PathLike, *,
-                         method: str = "map", prior_scale: float = DEFAULT_PRIOR_SCALE, progress: bool = True,
+                         method: str = DEFAULT_METHOD, prior_scale: float = DEFAULT_PRIOR_SCALE, progress: bool = True,
                          **fit_kwargs) -> dict[str, Any]:
     """Label the self-preference comparisons of ``spec``'s held-out articles (its corpus, self
     source, others, ``skip_first``, ``limit``, preset; its ``pairwise-preference`` template variant,
