@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rc = run_main(args.func, args)
     if "torch.distributed" in sys.modules:  # e.g. `accelerate launch -m selfrec_ft eval ...`
-        from selfrec_ft.scoring.engine import release_distributed
+        from selfrec_ft.training.teardown import end_distributed
 
-        release_distributed()  # a process group left to the interpreter's exit can abort a rank
+        end_distributed()  # a process group left to the interpreter's exit can abort a rank
     return rc

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from selfrec_ft.sweep.config import sft_parser
+from selfrec_ft.training.teardown import end_distributed, release_training_state  # noqa: F401 (the one teardown)
 
 
 def is_main_process() -> bool:
@@ -45,35 +46,6 @@ def barrier() -> None:
 def one_line(text: Any) -> str:
     """``text`` with every run of whitespace (newlines included) made one space."""
     return re.sub(r"\s+", " ", str(text)).strip()
-
-
-def release_training_state() -> None:
-    """After an in-process run: drop accelerate's accelerator and gradient state (the next run's
-    trainer builds its own) but keep ``PartialState`` (the device and any process group the sweep
-    runs in), then free memory with the training package's teardown (without ending training)."""
-    import torch
-    from accelerate.state import AcceleratorState, GradientState
-
-    from selfrec_ft.training.teardown import release
-
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
-    release(None, teardown=False)
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def end_distributed() -> None:
-    """End the process group a distributed in-process sweep ran in (call once, at the very end)
-    with the training package's teardown; nothing when no group is up."""
-    if "torch" not in sys.modules:  # a config error or --prepare_only: nothing was started
-        return
-    import torch
-
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        from selfrec_ft.training.teardown import release
-
-        release(None, teardown=True)
 
 
 def parse_run_config(config_path: str | os.PathLike) -> tuple:

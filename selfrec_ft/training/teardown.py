@@ -21,7 +21,12 @@ def _empty_cuda_cache() -> None:
 
 def end_distributed() -> None:
     """Wait for every process and destroy the process group, if one is up (call once, at the end of
-    a multi-process script: a gloo group left to the interpreter's exit can abort a process)."""
+    a multi-process script: a gloo group left to the interpreter's exit can abort a process).
+    Nothing when torch was never imported (a config error before anything started)."""
+    import sys
+
+    if "torch" not in sys.modules:
+        return
     import torch
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
