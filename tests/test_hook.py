@@ -116,7 +116,8 @@ def test_console_summary_ends_with_the_table_and_the_paths(tmp_path):
     assert table[2].split()[3:] == ["0.480", "[0.470,", "0.500]", "0.490", "[0.480,", "0.510]", "48"]
     assert table[-2:] == [f"report: {tmp_path / 'report.md'}",
                           f"plot:   {tmp_path / 'recognition_preference_by_step.png'}"]
-    stats = SimpleNamespace(rows=8, articles=4, labels={"1": 4, "2": 4}, by_source={"human": 8}, shortened=0)
+    stats = SimpleNamespace(rows=8, articles=4, labels={"1": 4, "2": 4}, by_source={"human": 8}, shortened=0,
+                            ties=0, ties_dropped=0)
     result = SFTResult(tmp_path, "full", 128, {"train_loss": 0.1}, stats, {}, None, report=report)
     summary = result.summary().splitlines()
     assert summary[1] == "global step 128, train loss 0.1000" and summary[-2:] == table[-2:]

@@ -34,9 +34,7 @@ import re
 from selfrec_ft.defaults import CONTROL_QUESTIONS  # noqa: F401
 from selfrec_ft.defaults import LABEL_STRATEGIES as STRATEGIES
 _VOWELS = re.compile(r"[aeiouAEIOU]")
-LABEL_TIES = ("drop", "position1")
-"""What happens to a pair tied on a control strategy's property (``label_ties``)."""
-DEFAULT_LABEL_TIES = "drop"
+from selfrec_ft.defaults import DEFAULT_LABEL_TIES, LABEL_TIES  # noqa: E402,F401 (re-exported)
 TIE_TOLERANCE = 1e-9
 """Two reading-ease values closer than this are a tie (counts are integers: exact)."""
 

@@ -23,7 +23,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from selfrec_ft.defaults import DEFAULT_HOOK_TASKS, DEFAULT_PRESET, DPO_DIRECTIONS, GENERATION_DOMAINS
+from selfrec_ft.defaults import (
+    DEFAULT_HOOK_TASKS,
+    DEFAULT_LABEL_TIES,
+    DEFAULT_PRESET,
+    DPO_DIRECTIONS,
+    GENERATION_DOMAINS,
+    LABEL_TIES,
+)
 from selfrec_ft.defaults import LABEL_STRATEGIES as STRATEGIES
 from selfrec_ft.errors import UserError
 
@@ -118,10 +125,10 @@ class SelfRecDataArguments:
                   "~/.cache/selfrec_ft/demo)."},
     )
     label_ties: str = field(
-        default="drop",
+        default=DEFAULT_LABEL_TIES,
         metadata={"help": "Pairs tied on a control strategy's property (length, vowelcount, readability): "
                   "drop (default: left out and counted) or position1 (labelled 1, which trains a position bias).",
-                  "choices": ["drop", "position1"]},
+                  "choices": list(LABEL_TIES)},
     )
 
     def __post_init__(self) -> None:

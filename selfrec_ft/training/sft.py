@@ -85,7 +85,9 @@ class SFTResult:
         what = "adapter" if self.mode in ("lora", "qlora") else "model"
         lines = [
             f"trained ({self.mode}) on {s.rows} examples from {s.articles} articles "
-            f"(labels {s.labels}, per other source {s.by_source}, shortened {s.shortened})",
+            f"(labels {s.labels}, per other source {s.by_source}, shortened {s.shortened}"
+            + (f", {s.ties_dropped} rows tied on the {self.manifest.get('label_strategy')} property dropped"
+               if s.ties_dropped else f", {s.ties} tied rows labelled 1" if s.ties else "") + ")",
             f"global step {self.global_step}" + (f", resumed from {self.resumed_from}" if self.resumed_from else "")
             + (f", train loss {self.metrics['train_loss']:.4f}" if "train_loss" in self.metrics else ""),
             f"{what}, tokenizer, resolved_config.yaml and training_manifest.json in {self.output_dir}",
@@ -223,6 +225,7 @@ def build_training_pairs(data_args, tokenizer, prompt_max_length: int | None):
         labels=data_args.labels, flip_fraction=data_args.flip_fraction, seed=data_args.label_seed,
         preset=data_args.prompt_preset, question=data_args.question,
         tokenizer=tokenizer if prompt_max_length is not None else None, max_length=prompt_max_length,
+        label_ties=data_args.label_ties,
     )
     if stats.rows == 0:
         raise UserError(f"no training examples: none of the first {data_args.n_articles} articles has both a "
@@ -344,6 +347,7 @@ def build_manifest(setup: SFTSetup, data_args, training_args, model_args, resume
         "by_source": stats.by_source,
         "by_source_and_label": mf.count_table(ds),
         "skipped_missing": stats.skipped_missing,
+        "label_ties": {"policy": stats.label_ties, "tied_rows": stats.ties, "dropped": stats.ties_dropped},
         "shortened": stats.shortened,
         "prompt_max_length": setup.prompt_max_length,
         "max_length": training_args.max_length,
