@@ -19,13 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "numpy", "scipy", "sklearn",
          "matplotlib", "tqdm")
 
-# Command modules other branches of issue #12 make lazy (the evaluation and statistics work); until
-# they merge, these import heavy modules when registered. Empty this set once they have merged: the
-# strict xfail marks below then fail, pointing here.
-PENDING = {"eval_cmd", "eval_checkpoints_cmd", "dissect_cmd"}
-PENDING_MARK = pytest.mark.xfail(strict=True, reason="lazy imports of this command come with another branch")
-
-
 def heavy_imports_of(code: str) -> list[str]:
     """The heavy top-level packages a fresh interpreter has imported after running ``code``."""
     probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))"
@@ -40,8 +33,7 @@ def test_the_probe_sees_a_heavy_import():
     assert heavy_imports_of("import tqdm") == ["tqdm"]
 
 
-@pytest.mark.parametrize("module", [pytest.param(m, marks=PENDING_MARK) if m in PENDING else m
-                                    for m in COMMAND_MODULES])
+@pytest.mark.parametrize("module", COMMAND_MODULES)
 def test_registering_a_command_imports_nothing_heavy(module):
     code = ("import argparse, importlib\n"
             f"importlib.import_module('selfrec_ft.cli.{module}').register("
@@ -49,13 +41,6 @@ def test_registering_a_command_imports_nothing_heavy(module):
     assert heavy_imports_of(code) == []
 
 
-@pytest.mark.skipif(not PENDING, reason="covered without the mark below")
-@PENDING_MARK
-def test_building_the_full_parser_imports_nothing_heavy_pending():
-    assert heavy_imports_of("from selfrec_ft.cli import build_parser\nbuild_parser()") == []
-
-
-@pytest.mark.skipif(bool(PENDING), reason="some command modules are not lazy yet (PENDING)")
 def test_building_the_full_parser_imports_nothing_heavy():
     assert heavy_imports_of("from selfrec_ft.cli import build_parser\nbuild_parser()") == []
 

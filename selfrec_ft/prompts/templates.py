@@ -132,7 +132,7 @@ class RenderedPrompt:
     shortened: bool = False
 
 
-def _fit_article(values: dict[str, str], length_of, max_length: int | None, name: str) -> tuple[dict[str, str], bool]:
+def fit_article(values: dict[str, str], length_of, max_length: int | None, name: str) -> tuple[dict[str, str], bool]:
     """Cut the article (never a summary) word by word until ``length_of(values) <= max_length``."""
     if max_length is None or "article" not in values or length_of(values) <= max_length:
         return values, False
@@ -161,7 +161,7 @@ def render_prompt(tokenizer, template: TaskTemplate, max_length: int | None = No
         return len(resolve_answer_slot(tokenizer, template.messages(**v), template.options,
                                        template.assistant_prefix).prompt_ids) + 1
 
-    values, shortened = _fit_article(values, length_of, max_length, template.name)
+    values, shortened = fit_article(values, length_of, max_length, template.name)
     messages = template.messages(**values)
     slot = resolve_answer_slot(tokenizer, messages, template.options, template.assistant_prefix)
     return RenderedPrompt(slot.prompt_ids, slot.option_ids, messages, shortened)
@@ -174,7 +174,7 @@ def render_generation_prompt(tokenizer, template: TaskTemplate, max_length: int 
     def length_of(v: dict[str, str]) -> int:
         return len(encode(tokenizer, chat_text(tokenizer, template.messages(**v), True)))
 
-    values, shortened = _fit_article(values, length_of, max_length, template.name)
+    values, shortened = fit_article(values, length_of, max_length, template.name)
     return encode(tokenizer, chat_text(tokenizer, template.messages(**values), True)), shortened
 
 

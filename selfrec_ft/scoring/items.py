@@ -23,22 +23,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from selfrec_ft.data.corpus import Corpus
+from selfrec_ft.defaults import FAMILIARITY, GENERATION_TEMPLATES, TASKS  # noqa: E402,F401
 from selfrec_ft.errors import UserError
 from selfrec_ft.prompts.templates import (
     INDIVIDUAL_TASKS,
     PAIRWISE_TASKS,
     RenderedPrompt,
     TaskTemplate,
-    _fit_article,
     chat_text,
     encode,
+    fit_article,
     load_preset,
     render_prompt,
 )
 from selfrec_ft.scoring.engine import ScoreRequest
 from selfrec_ft.scoring.spec import EvalSpec
 
-from selfrec_ft.defaults import FAMILIARITY, GENERATION_TEMPLATES, TASKS  # noqa: E402,F401
 ORDERS = ("forward", "backward")
 
 
@@ -145,7 +145,7 @@ def familiarity_group(tokenizer, tmpl: TaskTemplate, article: str, summaries: Se
     def length_of(summary: str):
         return lambda v: sum(len(x) for x in familiarity_ids(tokenizer, tmpl, v["article"], summary))
 
-    fitted = [_fit_article({"article": article}, length_of(s), max_length, tmpl.name)[0]["article"]
+    fitted = [fit_article({"article": article}, length_of(s), max_length, tmpl.name)[0]["article"]
               for s in summaries]
     art = min(fitted, key=len) if fitted else article
     out = []
@@ -172,7 +172,7 @@ def render_group(tokenizer, tmpl: TaskTemplate, values_list: Sequence[dict[str, 
     def length_of(v: dict[str, str]) -> int:
         return len(render_prompt(tokenizer, tmpl, None, **v).input_ids) + 1
 
-    articles = [_fit_article(dict(v), length_of, max_length, tmpl.name)[0]["article"]
+    articles = [fit_article(dict(v), length_of, max_length, tmpl.name)[0]["article"]
                 for v, rp in zip(values_list, rendered) if len(rp.input_ids) + 1 > max_length]
     article = min(articles, key=len)  # all are word prefixes of the same article
     out = []

@@ -29,9 +29,9 @@ DEMO_CONFIG = "attribute_dpo.yaml"
 def make_parser(subparsers=None, prog: str | None = None):
     """The recipe's ``TrlParser`` over ``AttributeDPOArguments``, ``DPOConfig``, ``ModelConfig`` and
     ``EvalHookArguments``; with ``subparsers`` (``parser_class=TrlParser``) added as ``dpo``."""
-    from trl import DPOConfig, ModelConfig, TrlParser
-
-    from selfrec_ft.training.args import AttributeDPOArguments, EvalHookArguments
+    # selfrec_ft.training first: it quiets bitsandbytes' CPU notice before TRL/PEFT import bitsandbytes
+    from selfrec_ft.training.args import AttributeDPOArguments, EvalHookArguments  # isort: skip
+    from trl import DPOConfig, ModelConfig, TrlParser  # isort: skip
 
     dataclass_types = (AttributeDPOArguments, DPOConfig, ModelConfig, EvalHookArguments)
     if subparsers is not None:

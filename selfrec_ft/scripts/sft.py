@@ -27,9 +27,9 @@ def make_parser(subparsers=None, prog: str | None = None):
     """The recipe's ``TrlParser`` over its four argument groups (``SelfRecDataArguments``,
     ``SFTConfig``, ``ModelConfig``, ``EvalHookArguments``); with ``subparsers`` (made with
     ``parser_class=TrlParser``, as TRL's CLI does) it is added there as the ``train`` command."""
-    from trl import ModelConfig, SFTConfig, TrlParser
-
-    from selfrec_ft.training.args import EvalHookArguments, SelfRecDataArguments
+    # selfrec_ft.training first: it quiets bitsandbytes' CPU notice before TRL/PEFT import bitsandbytes
+    from selfrec_ft.training.args import EvalHookArguments, SelfRecDataArguments  # isort: skip
+    from trl import ModelConfig, SFTConfig, TrlParser  # isort: skip
 
     dataclass_types = (SelfRecDataArguments, SFTConfig, ModelConfig, EvalHookArguments)
     if subparsers is not None:
