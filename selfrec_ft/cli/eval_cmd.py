@@ -44,8 +44,13 @@ def register(sub) -> None:
     p.add_argument("--others", help="comma-separated other sources (default: every other source)")
     p.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
                    help=f"comma-separated tasks (default: all of {', '.join(TASKS)})")
-    p.add_argument("--skip-first", type=int_at_least(0), default=0,
-                   help="skip the first N articles (the training articles; default 0)")
+    p.add_argument("--skip-first", type=int_at_least(0),
+                   help="skip the first N articles (the training articles). Default: for a model directory "
+                        "written by the SFT/DPO recipe (or one of its checkpoints) whose training_manifest.json "
+                        "names this corpus file, every article up to its last training article; else 0")
+    p.add_argument("--allow-train-articles", action="store_true",
+                   help="score articles the model was trained on (its training manifest lists them); refused "
+                        "without this flag")
     p.add_argument("--limit", type=int_at_least(1), help="score at most K articles")
     p.add_argument("--prompt-preset", default=DEFAULT_PRESET, help="preset name or YAML template file")
     p.add_argument("--template", action="append", metavar="TASK=TEMPLATE",
@@ -72,7 +77,9 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from selfrec_ft.data.corpus import load_corpus
     from selfrec_ft.scoring.evaluate import evaluate
+    from selfrec_ft.scoring.heldout import resolve_heldout
     from selfrec_ft.scoring.scorer import Scorer
     from selfrec_ft.scoring.spec import EvalSpec
 
@@ -82,8 +89,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"unknown task(s) {', '.join(unknown)}; use {', '.join(TASKS)}")
     if args.familiarity and args.domain is None:
         raise UserError("--familiarity needs --domain (short or highlights) to pick the generation prompt")
-    spec = EvalSpec(corpus=args.corpus, self_source=args.self_source, others=split_list(args.others),
-                    tasks=tasks + ([FAMILIARITY] if args.familiarity else []), skip_first=args.skip_first,
+    corpus = load_corpus(args.corpus)
+    held = resolve_heldout(args.model, args.corpus, [a.id for a in corpus.articles], args.skip_first,
+                           args.allow_train_articles, args.limit)
+    if held.note:
+        print(held.note, file=sys.stderr)
+    spec = EvalSpec(corpus=corpus, self_source=args.self_source, others=split_list(args.others),
+                    tasks=tasks + ([FAMILIARITY] if args.familiarity else []), skip_first=held.skip_first,
                     limit=args.limit, preset=args.prompt_preset, templates=_templates(args.template),
                     domain=args.domain, seed=args.seed, n_resamples=args.n_resamples)
     scorer = Scorer(args.model, dtype=args.dtype, device=args.device, batch_size=args.batch_size,
