@@ -255,3 +255,14 @@ def test_manifest_records_the_commit_of_a_git_clone(clone, tmp_path):
     result = import_p1(clone, tmp_path / "p1", progress=False)
     assert result.commit == head and f"(commit {head[:7]})" in result.format()
     assert json.loads((tmp_path / "p1" / MANIFEST).read_text())["commit"] == head
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_recipes_and_readmes_read_data_p1_not_a_directory_beside_the_repository():
+    docs = sorted((REPO / "recipes").rglob("*.yaml")) + [REPO / "README.md", REPO / "recipes" / "README.md"]
+    assert not [p.name for p in docs if "../shared" in p.read_text(encoding="utf-8")]
+    llama = sorted((REPO / "recipes" / "llama2-7b-chat").glob("*.yaml"))
+    assert llama and all("data/p1/xsum" in p.read_text(encoding="utf-8") for p in llama)
+    assert "/data/" in (REPO / ".gitignore").read_text().splitlines()  # imported data stays out of git
