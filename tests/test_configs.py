@@ -7,7 +7,7 @@ config (``selfrec sweep``); otherwise a field only :class:`AttributeDPOArguments
 :class:`SelfRecDataArguments` has (``labels``, ``flip_fraction``, ``question``, ...) an SFT config
 (``selfrec train``). A YAML that matches none, or both, fails.
 
-The parse is tested, not the data: paths inside a config (``../shared/...``, ``data/p1``) need not
+The parse is tested, not the data: paths inside a config (``data/p1/xsum``, ...) need not
 exist. The GPU configs set ``bf16: true``, which ``TrainingArguments`` refuses on a machine without
 CUDA, so on such a machine ``--use_cpu true`` is the one flag added to the parse.
 """

@@ -108,3 +108,27 @@ def test_shared_xsum_check():
     rep = check_corpus(load_corpus(SHARED_XSUM))
     assert rep.n_articles == 1000
     assert rep.summary_counts == {s: 1000 for s in ["human", "llama2-7b-chat", "gpt35", "gpt4", "claude"]}
+
+
+def test_missing_relative_corpus_names_the_directory_it_was_resolved_against(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as exc:
+        load_corpus("data/p1/xsum")
+    assert exc.value.file == "data/p1/xsum" and exc.value.message.startswith(
+        f"corpus directory not found (relative to the current directory {tmp_path}")
+    assert "selfrec corpus import-p1 P1_CLONE --out data/p1" in exc.value.message
+    with pytest.raises(UserError) as exc:
+        load_corpus(tmp_path / "absent")
+    assert exc.value.message == "corpus directory not found"
+
+
+def test_write_new_corpus_writes_once_and_refuses_a_different_corpus(tmp_path):
+    from selfrec_ft.data.corpus import write_new_corpus
+
+    a = synth_corpus("short", 3, seed=0)
+    assert write_new_corpus(a, tmp_path / "c") is True
+    before = (tmp_path / "c" / "summaries.jsonl").read_bytes()
+    assert write_new_corpus(synth_corpus("short", 3, seed=0), tmp_path / "c") is False
+    with pytest.raises(UserError, match="already holds a different corpus"):
+        write_new_corpus(synth_corpus("short", 3, seed=1), tmp_path / "c")
+    assert (tmp_path / "c" / "summaries.jsonl").read_bytes() == before

@@ -283,7 +283,7 @@ def test_shipped_llama2_configs_parse(config):
     # bf16 needs a GPU at parse time; everything else is checked as shipped
     data, train, model, hook = parse_args_and_config_strict(parser, ["--config", str(config), "--bf16", "false"])
     dataset = config.name.split("_")[0]
-    assert data.corpus == f"../shared/data/selfrec/{dataset}" and data.self_source == "llama2-7b-chat"
+    assert data.corpus == f"data/p1/{dataset}" and data.self_source == "llama2-7b-chat"
     assert data.n_articles == 500 and data.labels == "self" and yaml.safe_load(config.read_text())["bf16"] is True
     assert hook.hook_in_domain == data.corpus and hook.hook_out_of_domain != data.corpus
     assert model.use_peft is (not config.name.endswith("_full.yaml"))
