@@ -1,0 +1,286 @@
+"""Packed-row attention: many sequences in one row, without padding, sharing their prefixes.
+
+A *packed row* holds several sequences back to back. Each *family* in the row is a shared prefix
+(the *root*, e.g. the system prompt, instructions and article of one task and article) followed
+directly by its *children* (each request's own remainder, or each training example's branch). Every
+root token attends causally to its root; every child token attends to the whole root and causally to
+its own child, exactly the keys it would see if its sequence ran alone (the position ids restart at
+the root's length for every child, so rotary positions agree as well). A family's root may instead
+live in an earlier forward: its keys and values are then taken from a :class:`PrefixStore` (the
+scoring engine stores the root of a group whose children span several rows).
+
+The attention function is registered with transformers' ``AttentionInterface`` under :data:`NAME`
+(and the matching mask function under ``AttentionMaskInterface``), so a model runs it through its
+own attention modules (Llama-like models, plain or PEFT-wrapped); nothing in transformers is patched.
+The layout travels with the forward call as the keyword argument ``selfrec_layout`` (a
+:class:`PackedLayout`), which transformers passes unchanged to every decoder layer and attention
+module; a forward without it is plain ``sdpa`` attention. Two ways to compute a family's children:
+
+* ``cascade`` (CPU inference): the children's queries against the root's keys as one attention
+  (one GEMM over the shared keys), each child causally against itself, the two merged by their
+  log-sum-exp. No key is copied and no masked-out score is computed. Needs the CPU flash kernel's
+  log-sum-exp output, which has no gradient.
+* ``mask`` (training, GPUs): one ``scaled_dot_product_attention`` of the children's queries against
+  ``[root keys | children keys]`` with a boolean mask (root: all; children: block-diagonal causal);
+  differentiable, any device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+NAME = "selfrec_packed"
+LAYOUT_KWARG = "selfrec_layout"
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+"""Model types whose attention is softmax(q·kᵀ·scaling)·v over rotary-embedded keys, computed by the
+attention interface with nothing else (no soft-capping, sinks, biases or sliding windows)."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """A root span ``[start, root_end)`` of a row followed by children ending at ``bounds`` (each child
+    is ``[previous bound, bound)``, the first starts at ``root_end``). ``external`` names a root held in
+    a :class:`PrefixStore` instead (then ``start == root_end``: the row holds the children only);
+    ``capture`` names the store entry the root's keys and values are written to."""
+
+    start: int
+    root_end: int
+    bounds: tuple[int, ...] = ()
+    external: Any = None
+    capture: Any = None
+
+    @property
+    def end(self) -> int:
+        return self.bounds[-1] if self.bounds else self.root_end
+
+
+@dataclass
+class PrefixStore:
+    """Keys and values of roots computed in one forward and attended to in later ones:
+    ``entries[key][layer] = (keys, values)`` shaped ``[1, kv_heads, length, head_dim]``."""
+
+    entries: dict[Any, dict[int, tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
+
+    def drop(self, key) -> None:
+        self.entries.pop(key, None)
+
+
+@dataclass
+class PackedLayout:
+    """The families of every row of a batch (rows are right-padded to a common length; tokens after a
+    row's last family are padding and get a zero attention output). ``mode`` is ``"cascade"``,
+    ``"mask"`` or ``None`` (cascade where possible: CPU without gradients). ``store`` holds external
+    roots and receives captured ones."""
+
+    rows: list[list[Family]]
+    store: PrefixStore | None = None
+    mode: str | None = None
+    spans: list | None = None  # per row, which requests each token belongs to (scoring.packing.Span)
+    _masks: dict = field(default_factory=dict, repr=False)
+
+    def child_mask(self, family: Family, root_len: int, device) -> torch.Tensor:
+        """Boolean ``[children, root + children]`` mask of a family (built once per forward)."""
+        key = (family, root_len, str(device))
+        mask = self._masks.get(key)
+        if mask is None:
+            first = family.root_end
+            n = family.end - first
+            child = torch.zeros(n, dtype=torch.long)
+            prev = first
+            for c, b in enumerate(family.bounds):
+                child[prev - first: b - first] = c
+                prev = b
+            q = torch.arange(n)
+            own = (child[None, :] == child[:, None]) & (q[None, :] <= q[:, None])
+            mask = torch.cat([torch.ones(n, root_len, dtype=torch.bool), own], dim=1).to(device)
+            self._masks[key] = mask
+        return mask
+
+
+def _with_lse(q, k, v, causal: bool, scale: float):
+    """Attention output ``[1, H, T, D]`` and log-sum-exp ``[1, H, T]`` (CPU flash kernel)."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
+
+
+def _expand_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    if groups == 1:
+        return x
+    b, h, t, d = x.shape
+    return x[:, :, None].expand(b, h, groups, t, d).reshape(b, h * groups, t, d)
+
+
+def _root_query_lse(q, k, v, scale: float, groups: int):
+    """Queries of all children against the (unmasked) root: grouped-query heads share one GEMM."""
+    if groups == 1:
+        return _with_lse(q, k, v, False, scale)
+    b, h, t, d = q.shape
+    qg = q.reshape(b, h // groups, groups * t, d)  # head h = kv_head * groups + j, as repeat_kv lays it out
+    out, lse = _with_lse(qg, k, v, False, scale)
+    return out.reshape(b, h, t, d), lse.reshape(b, h, t)
+
+
+def _family_outputs(fam: Family, q, k, v, scale: float, groups: int, layout: PackedLayout, layer: int,
+                    cascade: bool) -> list[torch.Tensor]:
+    """Attention outputs ``[1, H, len, D]`` of a family's root (if in the row) and children."""
+    outs = []
+    if fam.external is not None:
+        rk, rv = layout.store.entries[fam.external][layer]
+    else:
+        rk, rv = k[:, :, fam.start:fam.root_end], v[:, :, fam.start:fam.root_end]
+        if fam.capture is not None:
+            layout.store.entries.setdefault(fam.capture, {})[layer] = (rk.clone(), rv.clone())
+        gqa = {"enable_gqa": True} if groups > 1 else {}
+        outs.append(F.scaled_dot_product_attention(q[:, :, fam.start:fam.root_end], rk, rv, is_causal=True,
+                                                   scale=scale, **gqa))
+    if not fam.bounds:
+        return outs
+    first, end = fam.root_end, fam.end
+    qc = q[:, :, first:end]
+    if cascade:
+        o_root, lse_root = _root_query_lse(qc, rk, rv, scale, groups)
+        own_o, own_lse = [], []
+        prev = first
+        for b in fam.bounds:
+            o, lse = _with_lse(q[:, :, prev:b], _expand_kv(k[:, :, prev:b], groups),
+                               _expand_kv(v[:, :, prev:b], groups), True, scale)
+            own_o.append(o)
+            own_lse.append(lse)
+            prev = b
+        o_own, lse_own = torch.cat(own_o, dim=2), torch.cat(own_lse, dim=2)
+        top = torch.maximum(lse_root, lse_own)
+        w_root, w_own = (lse_root - top).exp(), (lse_own - top).exp()
+        total = w_root + w_own
+        merged = o_root * (w_root / total).unsqueeze(-1) + o_own * (w_own / total).unsqueeze(-1)
+        outs.append(merged.to(q.dtype))
+    else:
+        if fam.external is not None:
+            keys, values = torch.cat([rk, k[:, :, first:end]], dim=2), torch.cat([rv, v[:, :, first:end]], dim=2)
+        else:
+            keys, values = k[:, :, fam.start:end], v[:, :, fam.start:end]
+        mask = layout.child_mask(fam, rk.shape[2], q.device)
+        gqa = {"enable_gqa": True} if groups > 1 else {}
+        outs.append(F.scaled_dot_product_attention(qc, keys, values, attn_mask=mask, scale=scale, **gqa))
+    return outs
+
+
+def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """The registered attention function: the packed layout if the forward carries one, else ``sdpa``."""
+    layout: PackedLayout | None = kwargs.get(LAYOUT_KWARG)
+    if layout is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    for name in ("softcap", "sliding_window", "s_aux", "position_bias"):
+        if kwargs.get(name) is not None:
+            raise ValueError(f"packed attention does not support {name!r} (use the plain path)")
+    if dropout:
+        raise ValueError("packed attention does not support attention dropout")
+    if len(layout.rows) != query.shape[0]:
+        raise ValueError(f"layout has {len(layout.rows)} rows, the batch {query.shape[0]}")
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    groups = query.shape[1] // key.shape[1]
+    layer = getattr(module, "layer_idx", 0)
+    mode = layout.mode or ("cascade" if query.device.type == "cpu" and not torch.is_grad_enabled() else "mask")
+    length = query.shape[2]
+    rows = []
+    for b, families in enumerate(layout.rows):
+        q, k, v = query[b:b + 1], key[b:b + 1], value[b:b + 1]
+        parts = []
+        for fam in families:
+            parts.extend(_family_outputs(fam, q, k, v, scale, groups, layout, layer, mode == "cascade"))
+        used = families[-1].end if families else 0
+        if used < length:
+            parts.append(q.new_zeros(1, q.shape[1], length - used, q.shape[3]))
+        rows.append(torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
+    out = torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
+    return out.transpose(1, 2).contiguous(), None
+
+
+_registered = False
+
+
+def register() -> None:
+    """Register :func:`packed_attention` (and ``sdpa``'s mask builder) under :data:`NAME` (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(NAME, packed_attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+    _registered = True
+
+
+def base_model(model):
+    """The ``PreTrainedModel`` inside DDP / PEFT wrappers."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    while isinstance(model, DistributedDataParallel) or type(model).__name__ == "FullyShardedDataParallel":
+        model = model.module
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def supports_packed_attention(model) -> bool:
+    """Whether ``model`` can run packed rows: a decoder-only model of a supported type whose attention
+    goes through transformers' attention interface, every layer full attention (no sliding window),
+    no attention dropout, and no prompt-learning adapter (virtual tokens would shift every position)."""
+    from transformers import DynamicCache
+
+    peft_config = getattr(model, "active_peft_config", None)
+    if getattr(peft_config, "is_prompt_learning", False):
+        return False
+    base = base_model(model)
+    config = getattr(base, "config", None)
+    if config is None or getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        return False
+    if getattr(config, "is_encoder_decoder", False) or getattr(config, "attention_dropout", 0.0):
+        return False
+    if getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None):
+        return False
+    if getattr(config, "sliding_window", None) and config.model_type == "mistral":
+        return False
+    can_set = getattr(type(base), "_can_set_attn_implementation", None)
+    if can_set is None or not can_set():
+        return False
+    try:
+        cache = DynamicCache(config=config)
+    except Exception:  # exotic configs: plain path
+        return False
+    if not cache.layers:
+        return False
+    flags = zip(cache.is_sliding, cache.is_linear, cache.is_dummy)
+    return all(not any(f) for f in flags) and all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers)
+
+
+def set_packed_attention(model) -> str | None:
+    """Switch ``model`` to :data:`NAME` and return the implementation it had (for :func:`restore_attention`)."""
+    register()
+    base = base_model(model)
+    before = base.config._attn_implementation
+    if before != NAME:
+        base.set_attn_implementation(NAME)
+    return before
+
+
+def restore_attention(model, before: str | None) -> None:
+    base = base_model(model)
+    if before is not None and base.config._attn_implementation != before:
+        base.set_attn_implementation(before)
+
+
+@contextlib.contextmanager
+def packed_attention_enabled(model):
+    """``with packed_attention_enabled(model):`` runs the model's attention through :data:`NAME`."""
+    before = set_packed_attention(model)
+    try:
+        yield
+    finally:
+        restore_attention(model, before)
