@@ -61,6 +61,8 @@ from selfrec_ft.scoring.packing import (  # noqa: F401  (common_prefix_len, Unit
 
 DEFAULT_ROW_TOKENS = 4096
 """Tokens per packed row when ``max_batch_tokens`` is not given."""
+ATTENTION_MODE: str | None = None
+"""Packed attention's mode (``"cascade"`` / ``"mask"``); None: cascade on CPU, mask elsewhere."""
 
 
 @dataclass
@@ -196,7 +198,7 @@ def _forward_packed(model, row: RowPlan, store: PrefixStore, device) -> list[tup
     """One packed row (its layout, with the tokens' requests and positions, travels to every decoder
     layer and attention module as the ``selfrec_layout`` keyword argument)."""
     ids = torch.tensor([row.ids], dtype=torch.long, device=device)
-    layout = PackedLayout([row.families], store=store, spans=[row.spans])
+    layout = PackedLayout([row.families], store=store, mode=ATTENTION_MODE, spans=[row.spans])
     out = _call(model, torch.tensor(row.keep, device=device), input_ids=ids,
                 position_ids=torch.tensor([row.positions], device=device), attention_mask=torch.ones_like(ids),
                 use_cache=False, **{LAYOUT_KWARG: layout})
