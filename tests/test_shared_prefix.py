@@ -149,13 +149,14 @@ def test_shared_prefix_run_trains_every_example_and_counts_real_tokens(tiny_mode
     assert logged[-1] == man["share_prefix"]["tokens"]
 
 
-@pytest.mark.parametrize("path", ["packed", "mask"])
-def test_both_attention_paths_match_separate_rows_on_a_padded_batch(tiny_model_dir, multi_source_corpus, tmp_path,
+@pytest.mark.parametrize("path", ["packed", "packed-mask", "mask"])
+def test_every_attention_path_matches_separate_rows_on_a_padded_batch(tiny_model_dir, multi_source_corpus, tmp_path,
                                                                    path):
     """Two articles' rows (different lengths, so one is padded) in one batch, in training mode with
     activation checkpointing (the forward is recomputed in the backward pass): the packed-attention
     path (prefix once, branches against its keys) and the 4-D mask path give the loss and gradients of
-    the 16 examples one per row."""
+    the 16 examples one per row (packed: by cascade on a CPU, or by one masked attention over the
+    branches as on GPUs)."""
     from selfrec_ft.scoring.packed_attention import NAME, base_model
 
     shared = _setup(tiny_model_dir, multi_source_corpus, tmp_path / "shared", True, activation_checkpointing=True)
@@ -165,6 +166,8 @@ def test_both_attention_paths_match_separate_rows_on_a_padded_batch(tiny_model_d
     if path == "mask":
         trainer.attention_path = "mask"
         base_model(trainer.model).set_attn_implementation("sdpa")
+    elif path == "packed-mask":
+        trainer.packed_mode = "mask"
     packed, rows = trainer.train_dataset, plain.trainer.train_dataset
     arts = packed["article_id"][:2]
     s_feats = [{k: packed[i][k] for k in ("input_ids", "labels", "position_ids")}

@@ -107,6 +107,25 @@ def _with_lse(q, k, v, causal: bool, scale: float):
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
 
 
+def _with_lse_backward(grad, q, k, v, out, lse, causal: bool, scale: float):
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(grad, q, k, v, out, lse, 0.0, causal,
+                                                                              scale=scale)
+
+
+def _group_heads(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """``[1, H, T, ...]`` -> ``[1, H / groups, groups * T, ...]``: the query heads that share a
+    key head (head h = kv_head * groups + j, as ``repeat_kv`` lays them out) as one longer query."""
+    if groups == 1:
+        return x
+    return x.reshape(x.shape[0], x.shape[1] // groups, groups * x.shape[2], *x.shape[3:])
+
+
+def _ungroup_heads(x: torch.Tensor, groups: int, heads: int) -> torch.Tensor:
+    if groups == 1:
+        return x
+    return x.reshape(x.shape[0], heads, x.shape[2] // groups, *x.shape[3:])
+
+
 def _expand_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     if groups == 1:
         return x
@@ -114,14 +133,63 @@ def _expand_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x[:, :, None].expand(b, h, groups, t, d).reshape(b, h * groups, t, d)
 
 
-def _root_query_lse(q, k, v, scale: float, groups: int):
-    """Queries of all children against the (unmasked) root: grouped-query heads share one GEMM."""
+def _reduce_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     if groups == 1:
-        return _with_lse(q, k, v, False, scale)
-    b, h, t, d = q.shape
-    qg = q.reshape(b, h // groups, groups * t, d)  # head h = kv_head * groups + j, as repeat_kv lays it out
-    out, lse = _with_lse(qg, k, v, False, scale)
-    return out.reshape(b, h, t, d), lse.reshape(b, h, t)
+        return x
+    b, h, t, d = x.shape
+    return x.reshape(b, h // groups, groups, t, d).sum(2)
+
+
+class CascadeAttention(torch.autograd.Function):
+    """Children queries ``qc`` ``[1, H, S, D]`` attending to a root (``rk``, ``rv``: every key) and
+    causally to their own child (``ck``, ``cv``: the children's keys, split at ``bounds``).
+
+    Forward: the root part as one attention (one pass over the shared keys), each child's own part
+    causally, both by the CPU flash kernel with their log-sum-exps, merged by log-sum-exp. Backward:
+    exact, through the same kernel's backward: for a merged output ``O = sum_a w_a O_a`` (``w_a`` the
+    part's share of the softmax mass) the score gradient of part ``a`` is ``w_a P_a (dO.v - dO.O)``,
+    which is the kernel's backward for part ``a`` given ``w_a dO`` as the output gradient and the
+    merged ``O`` as the output."""
+
+    @staticmethod
+    def forward(ctx, qc, rk, rv, ck, cv, bounds, scale):
+        heads, groups = qc.shape[1], qc.shape[1] // rk.shape[1]
+        o_root, lse_root = _with_lse(_group_heads(qc, groups), rk, rv, False, scale)
+        o_root, lse_root = _ungroup_heads(o_root, groups, heads), _ungroup_heads(lse_root, groups, heads)
+        own_o, own_lse = [], []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            o, lse = _with_lse(qc[:, :, a:b], _expand_kv(ck[:, :, a:b], groups), _expand_kv(cv[:, :, a:b], groups),
+                               True, scale)
+            own_o.append(o)
+            own_lse.append(lse)
+        o_own, lse_own = torch.cat(own_o, dim=2), torch.cat(own_lse, dim=2)
+        lse = torch.logaddexp(lse_root, lse_own)
+        w_root, w_own = (lse_root - lse).exp().unsqueeze(-1), (lse_own - lse).exp().unsqueeze(-1)
+        out = (o_root * w_root + o_own * w_own).to(qc.dtype)
+        ctx.save_for_backward(qc, rk, rv, ck, cv, out, lse_root, lse_own, w_root, w_own)
+        ctx.bounds, ctx.scale, ctx.groups = bounds, scale, groups
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        qc, rk, rv, ck, cv, out, lse_root, lse_own, w_root, w_own = ctx.saved_tensors
+        bounds, scale, groups, heads = ctx.bounds, ctx.scale, ctx.groups, qc.shape[1]
+        grad = grad.float()
+        g_root = (grad * w_root).to(qc.dtype)
+        dq, drk, drv = _with_lse_backward(_group_heads(g_root, groups), _group_heads(qc, groups), rk, rv,
+                                          _group_heads(out, groups), _group_heads(lse_root, groups), False, scale)
+        dq = _ungroup_heads(dq, groups, heads)
+        g_own = (grad * w_own).to(qc.dtype)
+        dqs, dks, dvs = [], [], []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            dq_i, dk_i, dv_i = _with_lse_backward(g_own[:, :, a:b], qc[:, :, a:b], _expand_kv(ck[:, :, a:b], groups),
+                                                  _expand_kv(cv[:, :, a:b], groups), out[:, :, a:b],
+                                                  lse_own[:, :, a:b], True, scale)
+            dqs.append(dq_i)
+            dks.append(_reduce_kv(dk_i, groups))
+            dvs.append(_reduce_kv(dv_i, groups))
+        dq = dq + torch.cat(dqs, dim=2)
+        return dq, drk, drv, torch.cat(dks, dim=2), torch.cat(dvs, dim=2), None, None
 
 
 def _family_outputs(fam: Family, q, k, v, scale: float, groups: int, layout: PackedLayout, layer: int,
@@ -142,21 +210,8 @@ def _family_outputs(fam: Family, q, k, v, scale: float, groups: int, layout: Pac
     first, end = fam.root_end, fam.end
     qc = q[:, :, first:end]
     if cascade:
-        o_root, lse_root = _root_query_lse(qc, rk, rv, scale, groups)
-        own_o, own_lse = [], []
-        prev = first
-        for b in fam.bounds:
-            o, lse = _with_lse(q[:, :, prev:b], _expand_kv(k[:, :, prev:b], groups),
-                               _expand_kv(v[:, :, prev:b], groups), True, scale)
-            own_o.append(o)
-            own_lse.append(lse)
-            prev = b
-        o_own, lse_own = torch.cat(own_o, dim=2), torch.cat(own_lse, dim=2)
-        top = torch.maximum(lse_root, lse_own)
-        w_root, w_own = (lse_root - top).exp(), (lse_own - top).exp()
-        total = w_root + w_own
-        merged = o_root * (w_root / total).unsqueeze(-1) + o_own * (w_own / total).unsqueeze(-1)
-        outs.append(merged.to(q.dtype))
+        bounds = (0,) + tuple(b - first for b in fam.bounds)
+        outs.append(CascadeAttention.apply(qc, rk, rv, k[:, :, first:end], v[:, :, first:end], bounds, scale))
     else:
         if fam.external is not None:
             keys, values = torch.cat([rk, k[:, :, first:end]], dim=2), torch.cat([rv, v[:, :, first:end]], dim=2)
@@ -186,7 +241,7 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     groups = query.shape[1] // key.shape[1]
     layer = getattr(module, "layer_idx", 0)
-    mode = layout.mode or ("cascade" if query.device.type == "cpu" and not torch.is_grad_enabled() else "mask")
+    mode = layout.mode or ("cascade" if query.device.type == "cpu" else "mask")
     length = query.shape[2]
     rows = []
     for b, families in enumerate(layout.rows):

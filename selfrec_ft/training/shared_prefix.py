@@ -206,6 +206,7 @@ def shared_prefix_trainer_class():
             super().__init__(*args, **kwargs)
             attn = base_model(self.model).config._attn_implementation
             self.attention_path = "packed" if packed_path_possible(self.model, attn) else "mask"
+            self.packed_mode = None  # packed attention's mode: None = cascade on CPU, mask elsewhere
             if self.attention_path == "packed":
                 set_packed_attention(self.model)
                 if isinstance(self.data_collator, SharedPrefixCollator):
@@ -225,8 +226,8 @@ def shared_prefix_trainer_class():
             lengths = mask.diagonal(dim1=-2, dim2=-1).sum(-1).flatten() if mask.dim() == 4 else mask.sum(-1)
             if self.attention_path == "packed":
                 positions = inputs["position_ids"].tolist()
-                inputs[LAYOUT_KWARG] = PackedLayout([row_families(p, int(n)) for p, n in zip(positions,
-                                                                                              lengths.tolist())])
+                inputs[LAYOUT_KWARG] = PackedLayout([row_families(p, int(n)) for p, n in zip(positions, lengths.tolist())],
+                                                    mode=self.packed_mode)
                 inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])  # the layout masks; none to build
             elif mask.dim() == 2:  # a 2-D mask from a packed-path collator: build the 4-D one
                 inputs["attention_mask"] = shared_prefix_mask(
