@@ -12,7 +12,8 @@ pooled over ``--rounds`` rounds (wall clock; process CPU time under ``cpu``).
 Prints JSON with, among others:
 
 * ``speedup_vs_p1_loop``, ``speedup_vs_batched``; ``max_abs_diff``: the largest |Δp| of an option
-  probability, engine or batched vs the P1 loop;
+  probability, engine or batched vs the P1 loop (``max_abs_logprob_diff_engine``: the largest |Δ log p|,
+  since a random model's option probabilities are small);
 * ``token_ratio`` = tokens the P1 loop runs / tokens the engine runs (shared prefixes once): the
   most a compute-bound machine can gain from sharing; ``ceiling_fraction`` = speedup_vs_p1_loop /
   token_ratio (the engine also skips the full logits, so it can exceed 1);
@@ -44,16 +45,21 @@ XSUM_SELF = "llama2-7b-chat"
 TARGETS = {"ceiling_fraction": 0.9, "speedup_vs_batched": 3.0, "max_abs_diff": 1e-4}
 
 
-def synthetic_corpus(n: int):
-    """Synthetic articles of XSUM-like length (several synthetic stories joined) with a self source
+SYNTH_STORIES = 16
+"""Synthetic stories joined into one article: prompts of XSUM's mean length (about 1.3k tokens with the
+`small` tokenizer)."""
+
+
+def synthetic_corpus(n: int, stories: int = SYNTH_STORIES):
+    """Synthetic articles of XSUM-like length (``stories`` synthetic stories joined) with a self source
     and four others."""
     from selfrec_ft.data.corpus import Article, Corpus
     from selfrec_ft.data.synth import synth_corpus
 
-    parts = synth_corpus("short", n * 5, seed=11)
+    parts = synth_corpus("short", n * stories, seed=11)
     corpus = Corpus(articles=[], summaries={s: {} for s in ("self", "human", "lead", "human_lower", "tail")})
     for i in range(n):
-        chunk = parts.articles[5 * i: 5 * i + 5]
+        chunk = parts.articles[stories * i: stories * (i + 1)]
         aid = chunk[0].id
         corpus.articles.append(Article(aid, " ".join(a.text for a in chunk)))
         first = chunk[0].id
@@ -152,7 +158,16 @@ def engine_work(config, requests, batch_size: int, max_batch_tokens: int | None 
 
 
 def max_diff(rows, ref) -> float:
+    """Largest |Δp| over every option of every prompt."""
     return max(abs(a[o] - b[o]) for a, b in zip(rows, ref) for o in a)
+
+
+def max_logprob_diff(rows, ref) -> float:
+    """Largest |Δ log p| (relative accuracy, meaningful for small probabilities too)."""
+    import math
+
+    return max(abs(math.log(a[o]) - math.log(b[o])) for a, b in zip(rows, ref) for o in a
+               if a[o] > 0 and b[o] > 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         "ceiling_fraction": round(speedup / token_ratio, 3),
         "max_abs_diff": max(diff_engine, diff_batched),
         "max_abs_diff_engine": diff_engine,
+        "max_abs_logprob_diff_engine": max_logprob_diff(outputs["engine"], outputs["p1_loop"]),
+        "option_prob_max": max(max(p.values()) for p in outputs["p1_loop"]),
         "cpu": {"p1_loop_s": round(cpu["p1_loop"], 3), "batched_s": round(cpu["batched"], 3),
                 "engine_s": round(cpu["engine"], 3),
                 "speedup_vs_p1_loop": round(cpu["p1_loop"] / cpu["engine"], 2),
