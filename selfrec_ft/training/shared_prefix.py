@@ -4,17 +4,30 @@ The 2 x |others| training examples of one article are identical up to the first 
 prompt, instructions, the article itself): on XSUM with P1's wording, about three quarters of every
 example's tokens.
 With ``share_prefix`` each training row holds that common prefix once, followed by every example's
-own remainder (its *branch*: the two summaries, the question and the answer). A 4-D attention mask
-lets each branch see the prefix and itself only, and the position ids of each branch restart at
-the prefix length, so every branch token sees exactly the context and positions it would see in its
-own sequence: the loss and its gradients equal those of the same examples batched one per row
-(``tests/test_shared_prefix.py`` checks both), while the forward and backward passes cover the
-prefix once instead of 2 x |others| times — the scoring engine's prefix reuse, applied to training.
+own remainder (its *branch*: the two summaries, the question and the answer). Each branch sees the
+prefix and itself only, and the position ids of each branch restart at the prefix length, so every
+branch token sees exactly the context and positions it would see in its own sequence: the loss and
+its gradients equal those of the same examples batched one per row (``tests/test_shared_prefix.py``
+checks both, also under DDP), while the forward and backward passes cover the prefix once instead of
+2 x |others| times — the scoring engine's prefix reuse, applied to training.
+
+Two attention paths (``SharedPrefixSFTTrainer.attention_path``):
+
+* ``packed`` (Llama-like models, see :func:`packed_path_possible`): the trained model's attention is
+  the engine's packed attention (:mod:`selfrec_ft.scoring.packed_attention`) for the trainer's life.
+  The prefix attends causally to itself once; the branches attend to the prefix's keys and causally to
+  themselves (on a CPU by cascade, with an exact backward through the flash kernel; on GPUs by one
+  masked attention over the branches), gradients flowing into both. No masked-out score is computed
+  for the prefix, and the collator builds no 4-D mask. The layout is rebuilt in ``compute_loss`` from
+  the position ids and travels with the forward call (it survives activation checkpointing's
+  recomputation).
+* ``mask`` (other models): the model's own attention over the whole row with a 4-D mask.
 
 A row's length is the prefix plus its branches: never more tokens than its examples together, and no
 position id beyond the longest of them (each example is checked against ``max_length`` before
-packing). ``per_device_train_batch_size`` then counts rows, i.e. articles. The row layout is carried by ``position_ids`` alone (a restart marks a new branch;
-the restart position is the prefix length), so rows survive dataset caching and shuffling.
+packing). ``per_device_train_batch_size`` then counts rows, i.e. articles. The row layout is carried by
+``position_ids`` alone (a restart marks a new branch; the restart position is the prefix length), so
+rows survive dataset caching and shuffling.
 """
 
 from __future__ import annotations
