@@ -16,11 +16,11 @@ The layout travels with the forward call as the keyword argument ``selfrec_layou
 :class:`PackedLayout`), which transformers passes unchanged to every decoder layer and attention
 module; a forward without it is plain ``sdpa`` attention. Two ways to compute a family's children:
 
-* ``cascade`` (CPU inference): the children's queries against the root's keys as one attention
-  (one GEMM over the shared keys), each child causally against itself, the two merged by their
-  log-sum-exp. No key is copied and no masked-out score is computed. Needs the CPU flash kernel's
-  log-sum-exp output, which has no gradient.
-* ``mask`` (training, GPUs): one ``scaled_dot_product_attention`` of the children's queries against
+* ``cascade`` (CPU, :class:`CascadeRows`): the children's queries against the root's keys as one
+  attention (one pass over the shared keys), each child causally against itself, the two merged by
+  their log-sum-exp. No key is copied and no masked-out score is computed; the backward is exact,
+  through the CPU flash kernel's backward.
+* ``mask`` (GPUs, other devices): one ``scaled_dot_product_attention`` of the children's queries against
   ``[root keys | children keys]`` with a boolean mask (root: all; children: block-diagonal causal);
   differentiable, any device.
 """
@@ -140,86 +140,129 @@ def _reduce_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.reshape(b, h // groups, groups, t, d).sum(2)
 
 
-class CascadeAttention(torch.autograd.Function):
-    """Children queries ``qc`` ``[1, H, S, D]`` attending to a root (``rk``, ``rv``: every key) and
-    causally to their own child (``ck``, ``cv``: the children's keys, split at ``bounds``).
+class CascadeRows(torch.autograd.Function):
+    """Packed attention of every row of a batch by cascade, on the CPU (forward and exact backward).
 
-    Forward: the root part as one attention (one pass over the shared keys), each child's own part
-    causally, both by the CPU flash kernel with their log-sum-exps, merged by log-sum-exp. Backward:
-    exact, through the same kernel's backward: for a merged output ``O = sum_a w_a O_a`` (``w_a`` the
-    part's share of the softmax mass) the score gradient of part ``a`` is ``w_a P_a (dO.v - dO.O)``,
-    which is the kernel's backward for part ``a`` given ``w_a dO`` as the output gradient and the
-    merged ``O`` as the output."""
+    Each root attends causally to itself; the children of a family attend to the root as one
+    attention (one pass over the shared keys; grouped-query heads folded into the queries) and each
+    child causally to itself, both by the CPU flash kernel with their log-sum-exps, merged by
+    log-sum-exp. Backward, through the same kernel's backward: for a merged output
+    ``O = sum_a w_a O_a`` (``w_a`` part ``a``'s share of the softmax mass) the score gradient of part
+    ``a`` is ``w_a P_a (dO.v - dO.O)``: the kernel's backward for part ``a`` given ``w_a dO`` as the
+    output gradient and the merged ``O`` as the output. Outputs and gradients are written into whole
+    tensors (no per-slice autograd nodes); tokens after a row's last family (padding) get zeros."""
 
     @staticmethod
-    def forward(ctx, qc, rk, rv, ck, cv, bounds, scale):
-        heads, groups = qc.shape[1], qc.shape[1] // rk.shape[1]
-        o_root, lse_root = _with_lse(_group_heads(qc, groups), rk, rv, False, scale)
-        o_root, lse_root = _ungroup_heads(o_root, groups, heads), _ungroup_heads(lse_root, groups, heads)
-        own_o, own_lse = [], []
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            o, lse = _with_lse(qc[:, :, a:b], _expand_kv(ck[:, :, a:b], groups), _expand_kv(cv[:, :, a:b], groups),
-                               True, scale)
-            own_o.append(o)
-            own_lse.append(lse)
-        o_own, lse_own = torch.cat(own_o, dim=2), torch.cat(own_lse, dim=2)
-        lse = torch.logaddexp(lse_root, lse_own)
-        w_root, w_own = (lse_root - lse).exp().unsqueeze(-1), (lse_own - lse).exp().unsqueeze(-1)
-        out = (o_root * w_root + o_own * w_own).to(qc.dtype)
-        ctx.save_for_backward(qc, rk, rv, ck, cv, out, lse_root, lse_own, w_root, w_own)
-        ctx.bounds, ctx.scale, ctx.groups = bounds, scale, groups
-        return out
+    def forward(ctx, q, k, v, layout: PackedLayout, layer: int, scale: float):
+        bsz, heads, length, dim = q.shape
+        groups = heads // k.shape[1]
+        out_bthd = q.new_zeros(bsz, length, heads, dim)
+        out = out_bthd.transpose(1, 2)
+        saved = []
+        for b, families in enumerate(layout.rows):
+            for fam in families:
+                lses = {}
+                if fam.external is not None:
+                    rk, rv = layout.store.entries[fam.external][layer]
+                else:
+                    s0, s1 = fam.start, fam.root_end
+                    rk, rv = k[b:b + 1, :, s0:s1], v[b:b + 1, :, s0:s1]
+                    if fam.capture is not None:
+                        layout.store.entries.setdefault(fam.capture, {})[layer] = (rk.clone(), rv.clone())
+                    o, lses["root"] = _with_lse(q[b:b + 1, :, s0:s1], _expand_kv(rk, groups), _expand_kv(rv, groups),
+                                                True, scale)
+                    out[b:b + 1, :, s0:s1] = o
+                if fam.bounds:
+                    first, end = fam.root_end, fam.end
+                    o_root, lse_root = _with_lse(_group_heads(q[b:b + 1, :, first:end], groups), rk, rv, False, scale)
+                    o_root, lse_root = _ungroup_heads(o_root, groups, heads), _ungroup_heads(lse_root, groups, heads)
+                    own_o, own_lse, prev = [], [], first
+                    for c in fam.bounds:
+                        o, lse = _with_lse(q[b:b + 1, :, prev:c], _expand_kv(k[b:b + 1, :, prev:c], groups),
+                                           _expand_kv(v[b:b + 1, :, prev:c], groups), True, scale)
+                        own_o.append(o)
+                        own_lse.append(lse)
+                        prev = c
+                    o_own, lse_own = torch.cat(own_o, dim=2), torch.cat(own_lse, dim=2)
+                    lse = torch.logaddexp(lse_root, lse_own)
+                    out[b:b + 1, :, first:end] = (o_root * (lse_root - lse).exp().unsqueeze(-1)
+                                                  + o_own * (lse_own - lse).exp().unsqueeze(-1))
+                    lses["children"], lses["own"] = lse_root, lse_own
+                saved.append((b, fam, lses))
+        ctx.save_for_backward(q, k, v, out_bthd)
+        ctx.saved, ctx.scale = saved, scale
+        return out_bthd
 
     @staticmethod
     def backward(ctx, grad):
-        qc, rk, rv, ck, cv, out, lse_root, lse_own, w_root, w_own = ctx.saved_tensors
-        bounds, scale, groups, heads = ctx.bounds, ctx.scale, ctx.groups, qc.shape[1]
-        grad = grad.float()
-        g_root = (grad * w_root).to(qc.dtype)
-        dq, drk, drv = _with_lse_backward(_group_heads(g_root, groups), _group_heads(qc, groups), rk, rv,
-                                          _group_heads(out, groups), _group_heads(lse_root, groups), False, scale)
-        dq = _ungroup_heads(dq, groups, heads)
-        g_own = (grad * w_own).to(qc.dtype)
-        dqs, dks, dvs = [], [], []
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            dq_i, dk_i, dv_i = _with_lse_backward(g_own[:, :, a:b], qc[:, :, a:b], _expand_kv(ck[:, :, a:b], groups),
-                                                  _expand_kv(cv[:, :, a:b], groups), out[:, :, a:b],
-                                                  lse_own[:, :, a:b], True, scale)
-            dqs.append(dq_i)
-            dks.append(_reduce_kv(dk_i, groups))
-            dvs.append(_reduce_kv(dv_i, groups))
-        dq = dq + torch.cat(dqs, dim=2)
-        return dq, drk, drv, torch.cat(dks, dim=2), torch.cat(dvs, dim=2), None, None
+        q, k, v, out_bthd = ctx.saved_tensors
+        scale, heads = ctx.scale, q.shape[1]
+        groups = heads // k.shape[1]
+        out, g = out_bthd.transpose(1, 2), grad.transpose(1, 2)
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        for b, fam, lses in ctx.saved:
+            if fam.external is not None:
+                raise RuntimeError("packed attention has no gradient for a root computed in an earlier forward")
+            s0, s1 = fam.start, fam.root_end
+            rk, rv = k[b:b + 1, :, s0:s1], v[b:b + 1, :, s0:s1]
+            dq_r, dk_r, dv_r = _with_lse_backward(g[b:b + 1, :, s0:s1], q[b:b + 1, :, s0:s1], _expand_kv(rk, groups),
+                                                  _expand_kv(rv, groups), out[b:b + 1, :, s0:s1], lses["root"], True,
+                                                  scale)
+            dq[b:b + 1, :, s0:s1] += dq_r
+            dk[b:b + 1, :, s0:s1] += _reduce_kv(dk_r, groups)
+            dv[b:b + 1, :, s0:s1] += _reduce_kv(dv_r, groups)
+            if not fam.bounds:
+                continue
+            first, end = fam.root_end, fam.end
+            lse_root, lse_own = lses["children"], lses["own"]
+            lse = torch.logaddexp(lse_root, lse_own)
+            g_c = g[b:b + 1, :, first:end].float()
+            g_root = (g_c * (lse_root - lse).exp().unsqueeze(-1)).to(q.dtype)
+            dq_c, dk_r, dv_r = _with_lse_backward(_group_heads(g_root, groups), _group_heads(q[b:b + 1, :, first:end],
+                                                                                               groups),
+                                                  rk, rv, _group_heads(out[b:b + 1, :, first:end], groups),
+                                                  _group_heads(lse_root, groups), False, scale)
+            dq[b:b + 1, :, first:end] += _ungroup_heads(dq_c, groups, heads)
+            dk[b:b + 1, :, s0:s1] += dk_r
+            dv[b:b + 1, :, s0:s1] += dv_r
+            g_own = (g_c * (lse_own - lse).exp().unsqueeze(-1)).to(q.dtype)
+            prev = first
+            for c in fam.bounds:
+                a0, a1 = prev - first, c - first
+                dq_i, dk_i, dv_i = _with_lse_backward(g_own[:, :, a0:a1], q[b:b + 1, :, prev:c],
+                                                      _expand_kv(k[b:b + 1, :, prev:c], groups),
+                                                      _expand_kv(v[b:b + 1, :, prev:c], groups),
+                                                      out[b:b + 1, :, prev:c], lse_own[:, :, a0:a1], True, scale)
+                dq[b:b + 1, :, prev:c] += dq_i
+                dk[b:b + 1, :, prev:c] += _reduce_kv(dk_i, groups)
+                dv[b:b + 1, :, prev:c] += _reduce_kv(dv_i, groups)
+                prev = c
+        return dq, dk, dv, None, None, None
 
 
-def _family_outputs(fam: Family, q, k, v, scale: float, groups: int, layout: PackedLayout, layer: int,
-                    cascade: bool) -> list[torch.Tensor]:
-    """Attention outputs ``[1, H, len, D]`` of a family's root (if in the row) and children."""
+def _family_outputs(fam: Family, q, k, v, scale: float, groups: int, layout: PackedLayout, layer: int
+                    ) -> list[torch.Tensor]:
+    """Attention outputs ``[1, H, len, D]`` of a family's root (if in the row) and children, by SDPA:
+    the children in one masked attention over ``[root | children]`` (any device, autograd)."""
     outs = []
+    gqa = {"enable_gqa": True} if groups > 1 else {}
     if fam.external is not None:
         rk, rv = layout.store.entries[fam.external][layer]
     else:
         rk, rv = k[:, :, fam.start:fam.root_end], v[:, :, fam.start:fam.root_end]
         if fam.capture is not None:
             layout.store.entries.setdefault(fam.capture, {})[layer] = (rk.clone(), rv.clone())
-        gqa = {"enable_gqa": True} if groups > 1 else {}
         outs.append(F.scaled_dot_product_attention(q[:, :, fam.start:fam.root_end], rk, rv, is_causal=True,
                                                    scale=scale, **gqa))
     if not fam.bounds:
         return outs
     first, end = fam.root_end, fam.end
-    qc = q[:, :, first:end]
-    if cascade:
-        bounds = (0,) + tuple(b - first for b in fam.bounds)
-        outs.append(CascadeAttention.apply(qc, rk, rv, k[:, :, first:end], v[:, :, first:end], bounds, scale))
+    if fam.external is not None:
+        keys, values = torch.cat([rk, k[:, :, first:end]], dim=2), torch.cat([rv, v[:, :, first:end]], dim=2)
     else:
-        if fam.external is not None:
-            keys, values = torch.cat([rk, k[:, :, first:end]], dim=2), torch.cat([rv, v[:, :, first:end]], dim=2)
-        else:
-            keys, values = k[:, :, fam.start:end], v[:, :, fam.start:end]
-        mask = layout.child_mask(fam, rk.shape[2], q.device)
-        gqa = {"enable_gqa": True} if groups > 1 else {}
-        outs.append(F.scaled_dot_product_attention(qc, keys, values, attn_mask=mask, scale=scale, **gqa))
+        keys, values = k[:, :, fam.start:end], v[:, :, fam.start:end]
+    mask = layout.child_mask(fam, rk.shape[2], q.device)
+    outs.append(F.scaled_dot_product_attention(q[:, :, first:end], keys, values, attn_mask=mask, scale=scale, **gqa))
     return outs
 
 
@@ -242,13 +285,15 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     groups = query.shape[1] // key.shape[1]
     layer = getattr(module, "layer_idx", 0)
     mode = layout.mode or ("cascade" if query.device.type == "cpu" else "mask")
+    if mode == "cascade":
+        return CascadeRows.apply(query, key, value, layout, layer, scale), None
     length = query.shape[2]
     rows = []
     for b, families in enumerate(layout.rows):
         q, k, v = query[b:b + 1], key[b:b + 1], value[b:b + 1]
         parts = []
         for fam in families:
-            parts.extend(_family_outputs(fam, q, k, v, scale, groups, layout, layer, mode == "cascade"))
+            parts.extend(_family_outputs(fam, q, k, v, scale, groups, layout, layer))
         used = families[-1].end if families else 0
         if used < length:
             parts.append(q.new_zeros(1, q.shape[1], length - used, q.shape[3]))
