@@ -203,6 +203,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=benchlib.DEFAULT_THREADS, help=benchlib.THREADS_HELP)
     parser.add_argument("--rounds", type=int, default=2, help="rotated rounds of the three methods (default 2)")
     parser.add_argument("--scaling", default="3,6,12", help="article counts of the scaling row ('' to skip)")
+    parser.add_argument("--no-unshared", action="store_true",
+                        help="skip recipe_unshared (the slowest method; its figures are then absent)")
     parser.add_argument("--json", metavar="OUT", help="also write the result to OUT")
     args = parser.parse_args(argv)
     if args.examples < BATCH or args.examples % BATCH:
@@ -214,7 +216,7 @@ def main(argv=None) -> int:
 
     from selfrec_ft.models.tiny import make_tiny_model
 
-    names = ("recipe", "recipe_unshared", "p1")
+    names = ("recipe", "p1") if args.no_unshared else ("recipe", "recipe_unshared", "p1")
     wall = {name: 0.0 for name in names}
     cpu = {name: 0.0 for name in names}
     counted = {name: 0 for name in names}
@@ -224,12 +226,13 @@ def main(argv=None) -> int:
         data = _corpus_args(Path(tmp), max([args.examples // BATCH, *scaling]), args.data)
         n_articles = args.examples // BATCH  # 8 examples (2 orders x 4 others) per article
         runners = {"recipe": RecipeRunner(model_dir, data, n_articles, Path(tmp) / "out", args.max_length, True),
-                   "recipe_unshared": RecipeRunner(model_dir, data, n_articles, Path(tmp) / "out_unshared",
-                                                   args.max_length, False),
                    "p1": P1Loop(model_dir, data, n_articles, args.max_length)}
+        if "recipe_unshared" in names:
+            runners["recipe_unshared"] = RecipeRunner(model_dir, data, n_articles, Path(tmp) / "out_unshared",
+                                                      args.max_length, False)
         config = runners["p1"].model.config
         for r in range(args.rounds):  # rotate the order so that other jobs on the machine slow all alike
-            for name in names[r % 3:] + names[:r % 3]:
+            for name in names[r % len(names):] + names[:r % len(names)]:
                 n, sec, csec = runners[name].run()
                 counted[name] += n
                 wall[name] += sec
@@ -237,7 +240,7 @@ def main(argv=None) -> int:
         flops = {name: runners[name].flops(config) * args.rounds for name in names}
         tokens = {name: runners[name].tokens for name in names}
         info = runners["recipe"].info
-        info_unshared = runners["recipe_unshared"].info
+        info_unshared = runners["recipe_unshared"].info if "recipe_unshared" in runners else None
         del runners
         scaling_rows = []
         for n in scaling:
@@ -253,25 +256,25 @@ def main(argv=None) -> int:
     crate = {name: counted[name] / cpu[name] for name in names}
     token_ratio = tokens["p1"] / tokens["recipe"]
     speedup = rate["recipe"] / rate["p1"]
+    unshared = "recipe_unshared" in names
     result = {
         "examples": info["examples"],
         "rounds": args.rounds,
-        "measured_examples": {"recipe": counted["recipe"], "recipe_unshared": counted["recipe_unshared"],
-                              "p1_loop": counted["p1"]},
+        "measured_examples": {name: counted[name] for name in names},
         "recipe_examples_per_s": round(rate["recipe"], 3),
-        "recipe_unshared_examples_per_s": round(rate["recipe_unshared"], 3),
+        "recipe_unshared_examples_per_s": round(rate["recipe_unshared"], 3) if unshared else None,
         "p1_loop_examples_per_s": round(rate["p1"], 3),
         "speedup": round(speedup, 2),
-        "speedup_unshared": round(rate["recipe_unshared"] / rate["p1"], 2),
-        "speedup_vs_unshared": round(rate["recipe"] / rate["recipe_unshared"], 2),
+        "speedup_unshared": round(rate["recipe_unshared"] / rate["p1"], 2) if unshared else None,
+        "speedup_vs_unshared": round(rate["recipe"] / rate["recipe_unshared"], 2) if unshared else None,
         "token_ratio": round(token_ratio, 3),
         "ceiling_fraction": round(speedup / token_ratio, 3),
         "flop_ratio": round(flops["p1"] / flops["recipe"], 3),
-        "tokens": {"recipe": tokens["recipe"], "recipe_unshared": tokens["recipe_unshared"], "p1_loop": tokens["p1"]},
+        "tokens": {name: tokens[name] for name in names},
         "sgemm_gflops": round(sgemm["wall"], 1),
         "gflops": {name: round(flops[name] / wall[name] / 1e9, 1) for name in names},
         "cpu": {"speedup": round(crate["recipe"] / crate["p1"], 2),
-                "speedup_unshared": round(crate["recipe_unshared"] / crate["p1"], 2),
+                "speedup_unshared": round(crate["recipe_unshared"] / crate["p1"], 2) if unshared else None,
                 "ceiling_fraction": round(crate["recipe"] / crate["p1"] / token_ratio, 3),
                 "seconds": {name: round(cpu[name], 3) for name in names},
                 "sgemm_gflops": round(sgemm["cpu"], 1),
@@ -284,7 +287,7 @@ def main(argv=None) -> int:
         "machine": start,
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "recipe": {"lora": "r16 all-linear", "activation_checkpointing": False, **info},
-        "recipe_unshared": {"sampler": "group_by_length", **info_unshared},
+        "recipe_unshared": {"sampler": "group_by_length", **info_unshared} if unshared else None,
         "p1_loop": {"batch": 1, "params": "all", "optimizer": "torch AdamW", "loss": "last token"},
         "targets": TARGETS,
     }

@@ -59,7 +59,7 @@ from selfrec_ft.scoring.packing import (  # noqa: F401  (common_prefix_len, Unit
     plan_units,
 )
 
-DEFAULT_ROW_TOKENS = 4096
+DEFAULT_ROW_TOKENS = 2048
 """Tokens per packed row when ``max_batch_tokens`` is not given."""
 ATTENTION_MODE: str | None = None
 """Packed attention's mode (``"cascade"`` / ``"mask"``); None: cascade on CPU, mask elsewhere."""
