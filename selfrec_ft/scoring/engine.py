@@ -134,8 +134,6 @@ def pad_id(model) -> int:
     return int(pid) if pid is not None and pid >= 0 else 0
 
 
-_pad_id = pad_id  # older name
-
 
 # ----------------------------------------------------------------------------- reading
 
@@ -194,9 +192,9 @@ def _forward_plain(model, rows: Sequence[ScoreRequest], device, pad: int) -> lis
     return [_result(r, out.logits[b, keep - 1 - len(r.span_ids or ()):]) for b, r in enumerate(rows)]
 
 
-def _forward_packed(model, row: RowPlan, store: PrefixStore, device) -> list[tuple[int, ScoreResult]]:
-    """One packed row (its layout, with the tokens' requests and positions, travels to every decoder
-    layer and attention module as the ``selfrec_layout`` keyword argument)."""
+def _forward_packed(model, row: RowPlan, store: PrefixStore, device) -> list[tuple[int, torch.Tensor]]:
+    """The logits read for each request of one packed row. Its layout (with every token's requests
+    and positions) travels to every decoder layer and attention module as ``selfrec_layout``."""
     ids = torch.tensor([row.ids], dtype=torch.long, device=device)
     layout = PackedLayout([row.families], store=store, mode=ATTENTION_MODE, spans=[row.spans])
     out = _call(model, torch.tensor(row.keep, device=device), input_ids=ids,

@@ -103,6 +103,10 @@ class Read:
 
 @dataclass
 class RowPlan:
+    """One packed row: token ids and position ids, the attention families, which requests own each
+    span of tokens, the positions whose logits are computed and the reads among them, and the kept
+    prefixes to release once the row has run."""
+
     ids: list[int] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     families: list[Family] = field(default_factory=list)
