@@ -265,3 +265,102 @@ def test_several_processes_shard_and_gather(model, tiny_model_dir, tmp_path):
     finally:
         with torch.no_grad():
             model.lm_head.weight.mul_(25.0)
+
+
+# ----------------------------------------------------------------------------- packed rows
+
+
+@pytest.mark.parametrize("mode", ["cascade", "mask"])
+def test_groups_split_across_rows_match_in_both_attention_modes(model, mode, monkeypatch):
+    """A small row budget splits groups: later rows attend to the prefix kept from the first."""
+    from selfrec_ft.scoring import engine
+    from selfrec_ft.scoring.packing import pack_rows
+
+    monkeypatch.setattr(engine, "ATTENTION_MODE", mode)
+    reqs = make_requests(model, seed=21, n_groups=6, spans=True)
+    rows = pack_rows(reqs, plan_units(reqs), 90, 16)
+    assert any(f.external is not None for r in rows for f in r.families)
+    assert any(len(r.families) > 1 for r in rows)  # several groups or singles share a row
+    results = score_requests(model, reqs, batch_size=16, max_batch_tokens=90, progress=False)
+    assert max_diff(model, reqs, results) <= TOL
+    for r, res in zip(reqs, results):
+        if r.span_ids:
+            assert abs(res.mean_logprob - reference_span(model, r)) <= TOL
+
+
+def test_decoder_layers_see_every_requests_tokens_and_positions(model):
+    """The layout travels to every decoder layer: each request's tokens and positions are known there
+    (the place where steering hooks act)."""
+    from selfrec_ft.scoring.packing import full_ids
+
+    reqs = make_requests(model, seed=8, n_groups=3, n_plain=2, spans=True)
+    ids_seen, layouts = [], []
+    emb = model.get_input_embeddings().register_forward_hook(lambda m, i, o: ids_seen.append(i[0][0].tolist()))
+
+    def pre_hook(module, args, kwargs):
+        layouts.append((kwargs["selfrec_layout"].spans[0], kwargs["position_ids"][0].tolist()))
+
+    layer = model.model.layers[-1].register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        score_requests(model, reqs, batch_size=4, max_batch_tokens=80, progress=False)
+    finally:
+        emb.remove()
+        layer.remove()
+    assert len(ids_seen) == len(layouts) >= 2
+    tokens = {i: [] for i in range(len(reqs))}
+    positions = {i: [] for i in range(len(reqs))}
+    for ids, (spans, pos) in zip(ids_seen, layouts):
+        assert spans[-1].end == len(ids) == len(pos)
+        for sp in spans:
+            assert pos[sp.start:sp.end] == list(range(sp.position, sp.position + sp.end - sp.start))
+            for i in sp.requests:
+                tokens[i].extend(ids[sp.start:sp.end])
+                positions[i].extend(pos[sp.start:sp.end])
+    for i, r in enumerate(reqs):
+        assert tokens[i] == full_ids(r)
+        assert positions[i] == list(range(len(full_ids(r))))
+
+
+def _random_model(kind: str, **extra):
+    import transformers
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False)
+    config = getattr(transformers, f"{kind}Config")(**common, **extra)
+    m = getattr(transformers, f"{kind}ForCausalLM")(config).eval()
+    with torch.no_grad():
+        m.lm_head.weight.mul_(25.0)
+    return m
+
+
+@pytest.mark.parametrize("kind,extra,fast", [
+    ("Llama", {}, True),  # grouped-query attention
+    ("Mistral", {"sliding_window": None}, True),
+    ("Qwen2", {}, True),
+    ("Mistral", {"sliding_window": 16}, False),  # a sliding window: the plain path
+])
+def test_other_architectures_score_alone_numbers(kind, extra, fast):
+    m = _random_model(kind, **extra)
+    assert supports_prefix_cache(m) is fast
+    reqs = make_requests(m, seed=17, spans=True)  # prompts up to 85 tokens: longer than the window
+    results = score_requests(m, reqs, batch_size=4, progress=False)
+    assert max_diff(m, reqs, results) <= TOL
+    assert m.config._attn_implementation != "selfrec_packed"  # switched back after scoring
+
+
+def test_prompt_learning_adapter_scores_through_the_plain_path(model):
+    from peft import PromptTuningConfig, get_peft_model
+
+    base = _random_model("Llama")
+    tuned = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    with torch.no_grad():
+        for p in tuned.prompt_encoder.parameters():
+            p.normal_(0.0, 1.0)
+    assert not supports_prefix_cache(tuned)
+    reqs = make_requests(tuned, seed=19)
+    results = score_requests(tuned, reqs, batch_size=4, progress=False)
+    assert max_diff(tuned, reqs, results) <= TOL
+    # the virtual tokens matter: the base model gives other numbers
+    assert max(abs(res.probs[o] - p) for r, res in zip(reqs, results)
+               for o, p in reference_probs(base, r).items()) > 1e-3

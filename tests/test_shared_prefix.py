@@ -147,3 +147,107 @@ def test_shared_prefix_run_trains_every_example_and_counts_real_tokens(tiny_mode
     state = json.loads((out / "trainer_state.json").read_text())
     logged = [h["num_tokens"] for h in state["log_history"] if "num_tokens" in h]
     assert logged[-1] == man["share_prefix"]["tokens"]
+
+
+@pytest.mark.parametrize("path", ["packed", "packed-mask", "mask"])
+def test_every_attention_path_matches_separate_rows_on_a_padded_batch(tiny_model_dir, multi_source_corpus, tmp_path,
+                                                                   path):
+    """Two articles' rows (different lengths, so one is padded) in one batch, in training mode with
+    activation checkpointing (the forward is recomputed in the backward pass): the packed-attention
+    path (prefix once, branches against its keys) and the 4-D mask path give the loss and gradients of
+    the 16 examples one per row (packed: by cascade on a CPU, or by one masked attention over the
+    branches as on GPUs)."""
+    from selfrec_ft.scoring.packed_attention import NAME, base_model
+
+    shared = _setup(tiny_model_dir, multi_source_corpus, tmp_path / "shared", True, activation_checkpointing=True)
+    plain = _setup(tiny_model_dir, multi_source_corpus, tmp_path / "plain", False, activation_checkpointing=True)
+    trainer = shared.trainer
+    assert trainer.attention_path == "packed" and base_model(trainer.model).config._attn_implementation == NAME
+    if path == "mask":
+        trainer.attention_path = "mask"
+        base_model(trainer.model).set_attn_implementation("sdpa")
+    elif path == "packed-mask":
+        trainer.packed_mode = "mask"
+    packed, rows = trainer.train_dataset, plain.trainer.train_dataset
+    arts = packed["article_id"][:2]
+    s_feats = [{k: packed[i][k] for k in ("input_ids", "labels", "position_ids")}
+               for i in range(len(packed)) if packed[i]["article_id"] in arts]
+    assert len(s_feats) == 2 and len(s_feats[0]["input_ids"]) != len(s_feats[1]["input_ids"])
+    p_feats = [{k: rows[i][k] for k in ("input_ids", "labels")} for i in range(len(rows))
+               if rows[i]["article_id"] in arts]
+    assert len(p_feats) == 16
+    for t in (trainer, plain.trainer):
+        t.model.train()
+        t.model.activation_checkpointing_enable()
+    batch = SharedPrefixCollator(0, four_d_mask=path == "mask")(s_feats)
+    assert batch["attention_mask"].dim() == (4 if path == "mask" else 2)
+    s_loss, s_grads = _loss_and_grads(trainer, batch)
+    p_loss, p_grads = _loss_and_grads(plain.trainer, plain.trainer.data_collator(p_feats))
+    assert torch.allclose(s_loss, p_loss, atol=1e-5, rtol=1e-5), (s_loss, p_loss)
+    assert s_grads.keys() == p_grads.keys() and len(s_grads) > 10
+    worst = max((s_grads[n] - p_grads[n]).abs().max().item() for n in s_grads)
+    scale = max(p_grads[n].abs().max().item() for n in p_grads)
+    assert worst <= 1e-4 * max(scale, 1.0), (worst, scale)
+
+
+def test_row_families_follow_the_position_restarts():
+    from selfrec_ft.training.shared_prefix import row_families
+
+    (fam,) = row_families([0, 1, 2, 3, 4, 3, 4, 5, 3, 0, 0], 9)  # prefix 3, branches of 2, 3 and 1 tokens
+    assert (fam.start, fam.root_end, fam.bounds) == (0, 3, (5, 8, 9))
+    (fam,) = row_families([0, 1, 2, 3, 0], 4)  # one plain sequence
+    assert (fam.start, fam.root_end, fam.bounds) == (0, 4, ())
+
+
+DDP_SCRIPT = """
+import json, sys
+import torch
+from trl import ModelConfig, SFTConfig
+from selfrec_ft.training.args import SelfRecDataArguments
+from selfrec_ft.training.sft import prepare_sft
+corpus, model_dir, out = sys.argv[1:4]
+deltas = {}
+for share in (True, False):
+    data_args = SelfRecDataArguments(corpus=corpus, self_source="lead", n_articles=2, share_prefix=share)
+    args = SFTConfig(output_dir=f"{out}/{share}", use_cpu=True, bf16=False, max_length=2048, report_to="none",
+                     per_device_train_batch_size=1 if share else 8, max_steps=1, optim="sgd", learning_rate=1.0,
+                     lr_scheduler_type="constant", max_grad_norm=0.0, weight_decay=0.0, save_strategy="no",
+                     disable_tqdm=True, seed=0, activation_checkpointing=False)
+    setup = prepare_sft(data_args, args, ModelConfig(model_name_or_path=model_dir, dtype="float32"))
+    trainer = setup.trainer
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    deltas[share] = {n: (p.detach() - before[n]) for n, p in trainer.model.named_parameters()}
+    if share:
+        path = trainer.attention_path
+    state = trainer.accelerator.state
+if state.process_index == 0:
+    worst = max((deltas[True][n] - deltas[False][n]).abs().max().item() for n in deltas[True])
+    scale = max(d.abs().max().item() for d in deltas[False].values())
+    json.dump({"n": state.num_processes, "worst": worst, "scale": scale, "path": path}, open(f"{out}/result.json", "w"))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_two_process_ddp_step_equals_the_unshared_step(tiny_model_dir, multi_source_corpus, tmp_path):
+    """Under 2-process DDP (CPU, gloo), one SGD step on two articles' shared-prefix rows (one per rank,
+    packed attention) changes every parameter as one step on their 16 examples one per row does."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(repo / "accelerate_configs" / "multi_cpu.yaml"), str(tmp_path / "ddp.py"),
+           str(multi_source_corpus), str(tiny_model_dir), str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=360, cwd=repo)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["n"] == 2 and result["path"] == "packed"
+    assert result["scale"] > 1e-3  # the step changed the weights
+    assert result["worst"] <= 1e-4 * max(result["scale"], 1.0), result

@@ -1,26 +1,34 @@
-"""The one scoring engine: option probabilities and span log-likelihoods, batched, prefix-cached.
+"""The one scoring engine: option probabilities and span log-likelihoods, batched, prefix-shared.
 
 A request is a prompt (token ids ending right before the answer token) with the option tokens to
 read there, and/or a ``span`` continuation whose mean token log-likelihood given the prompt is
 wanted. Every result equals scoring the prompt alone with one plain forward pass (within float32
-rounding); only the amount of work differs:
+rounding); only the amount of work differs.
 
-* **Shared prefixes.** Requests with the same ``group`` (one task and article) share a long token
-  prefix: the system prompt, the instructions and the article. The longest common prefix of a group
-  is run once (right-padded together with other groups' prefixes, no mask needed: causal attention
-  never lets a real token see the padding after it); its KV cache is copied, left-padded, into a
-  :class:`~transformers.DynamicCache` for every suffix batch. The suffix batch is left-padded after
-  the cached prefix; the 2-D attention mask covers ``[prefix pad | prefix | suffix pad | suffix]`` and
-  position ids continue from each row's own prefix length, so every real token sees exactly the
-  keys and rotary positions it would see alone. Each suffix holds at least one token of the prompt,
-  so no query row is ever fully masked.
-* **Only read logits.** The model runs with ``logits_to_keep``: one position for option reads (all
-  rows end at the answer position because of left padding), the last ``span + 1`` positions for
-  span requests. Softmax/log-softmax is taken in float32 over the full vocabulary.
-* Requests without a group (or groups whose prefix is empty) go through a plain left-padded batch
-  with ``position_ids = cumsum(attention_mask) - 1``. Batches are sorted by length.
+**Fast path** (Llama-like models, plain or with LoRA adapters; see
+:func:`~selfrec_ft.scoring.packed_attention.supports_packed_attention`):
 
-Under ``accelerate launch`` each process scores a round-robin shard of the groups and the results
+* Requests with the same ``group`` (one task and article) share a long token prefix: the system
+  prompt, the instructions and the article. :mod:`~selfrec_ft.scoring.packing` lays every group out as
+  its longest common prefix once, followed by each request's remainder, and packs groups and single
+  requests back to back into rows of at most ``max_batch_tokens`` tokens (default
+  :data:`DEFAULT_ROW_TOKENS`) and ``batch_size`` requests, **without padding**. Position ids restart
+  at the prefix length for every remainder.
+* The model's attention runs through :mod:`~selfrec_ft.scoring.packed_attention` (registered with
+  transformers' attention interface, switched on for the call and restored after): each remainder
+  attends to its group's prefix and causally to itself (on CPU by cascade: one attention of all
+  remainders against the shared prefix keys, merged by log-sum-exp with each remainder's causal
+  part), so every token sees exactly the keys and positions it would see alone. A group too large
+  for one row keeps its prefix's keys and values for the rows that follow; nothing else is cached
+  or copied.
+* Logits are computed only where they are read (``logits_to_keep`` with the read positions).
+
+**Plain path** (other models: other attention kinds, sliding windows, prompt-learning adapters, or
+``prefix_reuse=False``): left-padded batches sorted by length, ``position_ids = cumsum(mask) - 1``,
+logits of the last ``span + 1`` positions. Softmax/log-softmax is taken in float32 over the full
+vocabulary in both paths.
+
+Under ``accelerate launch`` each process scores a round-robin shard of the units and the results
 are gathered (``accelerate.utils.gather_object``), so every process returns all results in order.
 """
 
@@ -34,6 +42,27 @@ from typing import Any
 import torch
 
 from selfrec_ft.defaults import DEFAULT_BATCH_SIZE  # noqa: F401
+from selfrec_ft.scoring.packed_attention import (
+    LAYOUT_KWARG,
+    PackedLayout,
+    PrefixStore,
+    packed_attention_enabled,
+    supports_packed_attention,
+)
+from selfrec_ft.scoring.packing import (  # noqa: F401  (common_prefix_len, Unit: re-exported)
+    RowPlan,
+    Unit,
+    common_prefix_len,
+    full_ids,
+    pack_rows,
+    plain_batches,
+    plan_units,
+)
+
+DEFAULT_ROW_TOKENS = 2048
+"""Tokens per packed row when ``max_batch_tokens`` is not given."""
+ATTENTION_MODE: str | None = None
+"""Packed attention's mode (``"cascade"`` / ``"mask"``); None: cascade on CPU, mask elsewhere."""
 
 
 @dataclass
@@ -93,127 +122,38 @@ def _input_device(model) -> torch.device:
 
 
 def supports_prefix_cache(model) -> bool:
-    """Prefix reuse needs a decoder-only model whose cache layers all use full attention."""
-    from transformers import DynamicCache
-
-    config = model.config
-    if getattr(config, "is_encoder_decoder", False) or _is_prompt_learning(model):
-        return False
-    try:
-        cache = DynamicCache(config=config)
-    except Exception:  # exotic configs: fall back to plain batches
-        return False
-    if not cache.layers:
-        return False
-    flags = zip(cache.is_sliding, cache.is_linear, cache.is_dummy)
-    return all(not any(f) for f in flags) and all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers)
+    """Whether ``model`` takes the fast path (shared prefixes in packed rows)."""
+    return supports_packed_attention(model)
 
 
-def _pad_id(model) -> int:
+def pad_id(model) -> int:
+    """The model's pad token id (0 when it has none)."""
     pid = getattr(model.config, "pad_token_id", None)
     if isinstance(pid, (list, tuple)):
         pid = pid[0] if pid else None
     return int(pid) if pid is not None and pid >= 0 else 0
 
 
-# ----------------------------------------------------------------------------- planning
-
-
-def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
-    """Length of the longest common prefix of token sequences."""
-    if not seqs:
-        return 0
-    first = seqs[0]
-    n = min(len(s) for s in seqs)
-    for i in range(n):
-        t = first[i]
-        for s in seqs[1:]:
-            if s[i] != t:
-                return i
-    return n
-
-
-@dataclass
-class _Unit:
-    """Requests scored together: a group with a cached prefix of ``prefix_len`` tokens, or one or
-    more requests scored plainly (``prefix_len == 0``)."""
-
-    indices: list[int]
-    prefix_len: int = 0
-
-    def cost(self, reqs: Sequence[ScoreRequest]) -> int:
-        return sum(len(reqs[i].prompt_ids) + len(reqs[i].span_ids or ()) for i in self.indices)
-
-
-def plan_units(reqs: Sequence[ScoreRequest], prefix_reuse: bool = True, min_prefix: int = 1) -> list[_Unit]:
-    """Cached groups (≥ 2 requests with a common prefix of at least ``min_prefix`` tokens that leaves
-    every prompt at least one token) and one plain unit per other request."""
-    by_group: dict[Hashable, list[int]] = {}
-    units: list[_Unit] = []
-    for i, r in enumerate(reqs):
-        if r.group is None or not prefix_reuse:
-            units.append(_Unit([i]))
-        else:
-            by_group.setdefault(r.group, []).append(i)
-    for idx in by_group.values():
-        prompts = [reqs[i].prompt_ids for i in idx]
-        p = min(common_prefix_len(prompts), min(len(s) for s in prompts) - 1)
-        if len(idx) >= 2 and p >= min_prefix:
-            units.append(_Unit(idx, p))
-        else:
-            units.extend(_Unit([i]) for i in idx)
-    return units
-
-
-MAX_PAD_FRACTION = 0.25
-"""A batch (sorted longest first) is closed early when adding a row would make more than this
-fraction of its token slots padding: padding costs as much as real tokens."""
-
-
-def _batches(order: list[int], length_of, batch_size: int, max_batch_tokens: int | None) -> list[list[int]]:
-    """Consecutive batches of ``order`` (sorted longest first) with at most ``batch_size`` rows, at
-    most ``max_batch_tokens`` padded tokens (rows × longest; a single over-long row is its own
-    batch) and at most :data:`MAX_PAD_FRACTION` padding."""
-    out, cur, longest, total = [], [], 0, 0
-    for i in order:
-        n = length_of(i)
-        new_longest = max(longest, n)
-        slots = new_longest * (len(cur) + 1)
-        if cur and (len(cur) >= batch_size or (max_batch_tokens and slots > max_batch_tokens)
-                    or slots - (total + n) > MAX_PAD_FRACTION * slots):
-            out.append(cur)
-            cur, new_longest, total = [], n, 0
-        cur.append(i)
-        longest, total = new_longest, total + n
-    if cur:
-        out.append(cur)
-    return out
-
 
 # ----------------------------------------------------------------------------- reading
 
 
-def _read(logits: torch.Tensor, rows: Sequence[ScoreRequest]) -> list[ScoreResult]:
-    """Results from ``logits[b, k, V]`` holding the last ``k`` positions of left-padded rows."""
-    k = logits.shape[1]
-    out = []
-    for b, r in enumerate(rows):
-        n_span = len(r.span_ids or ())
-        res = ScoreResult(n_span_tokens=n_span)
-        answer_pos = k - 1 - n_span  # the position right after the prompt
-        if r.option_ids:
-            p = torch.softmax(logits[b, answer_pos].float(), dim=-1)
-            probs = {o: float(p[t]) for o, t in r.option_ids.items()}
-            mass = float(sum(probs.values()))
-            res.probs, res.option_mass = probs, mass
-            if math.isfinite(mass) and mass > 0:
-                res.p_hat = {o: v / mass for o, v in probs.items()}
-        if n_span:
-            lp = torch.log_softmax(logits[b, answer_pos:k - 1].float(), dim=-1)
-            target = torch.tensor(r.span_ids, device=lp.device).unsqueeze(-1)
-            res.mean_logprob = float(lp.gather(-1, target).mean())
-        out.append(res)
-    return out
+def _result(r: ScoreRequest, logits: torch.Tensor) -> ScoreResult:
+    """A result from ``logits[k, V]``: the answer position, then one per span token but the last."""
+    n_span = len(r.span_ids or ())
+    res = ScoreResult(n_span_tokens=n_span)
+    if r.option_ids:
+        p = torch.softmax(logits[0].float(), dim=-1)
+        probs = {o: float(p[t]) for o, t in r.option_ids.items()}
+        mass = float(sum(probs.values()))
+        res.probs, res.option_mass = probs, mass
+        if math.isfinite(mass) and mass > 0:
+            res.p_hat = {o: v / mass for o, v in probs.items()}
+    if n_span:
+        lp = torch.log_softmax(logits[:n_span].float(), dim=-1)
+        target = torch.tensor(r.span_ids, device=lp.device).unsqueeze(-1)
+        res.mean_logprob = float(lp.gather(-1, target).mean())
+    return res
 
 
 def _keep(rows: Sequence[ScoreRequest]) -> int:
@@ -223,152 +163,79 @@ def _keep(rows: Sequence[ScoreRequest]) -> int:
 # ----------------------------------------------------------------------------- forward passes
 
 
-def _call(model, keep: int, **inputs):
-    """``model(**inputs)`` computing logits for the last ``keep`` positions only (models whose
-    forward has no ``logits_to_keep`` compute them all and are sliced)."""
+def _call(model, keep, **inputs):
+    """``model(**inputs)`` computing logits only for ``keep`` (the last ``keep`` positions, or a
+    tensor of positions); models whose forward has no ``logits_to_keep`` compute all and are sliced."""
     try:
         return model(**inputs, logits_to_keep=keep)
     except TypeError as exc:
         if "logits_to_keep" not in str(exc):
             raise
     out = model(**inputs)
-    out.logits = out.logits[:, -keep:]
+    out.logits = out.logits[:, -keep:] if isinstance(keep, int) else out.logits[:, keep]
     return out
 
 
-def _forward_plain(model, rows: Sequence[ScoreRequest], device, pad_id: int) -> list[ScoreResult]:
-    seqs = [r.prompt_ids + (r.span_ids or []) for r in rows]
+def _forward_plain(model, rows: Sequence[ScoreRequest], device, pad: int) -> list[ScoreResult]:
+    seqs = [full_ids(r) for r in rows]
     width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for b, s in enumerate(seqs):
         ids[b, width - len(s):] = torch.tensor(s, dtype=torch.long)
         mask[b, width - len(s):] = 1
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
-    out = _call(model, _keep(rows), input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
-    return _read(out.logits, rows)
+    keep = _keep(rows)
+    out = _call(model, keep, input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                use_cache=False)
+    # left padding: every row ends at its last span token; its reads end one position before
+    return [_result(r, out.logits[b, keep - 1 - len(r.span_ids or ()):]) for b, r in enumerate(rows)]
 
 
-def _prefix_caches(model, prefixes: list[list[int]], device, pad_id: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Run the prefixes (right-padded) and return per layer ``(keys, values)`` laid out as
-    ``[prefix, position, heads, dim]`` (contiguous) for fast row gathers."""
-    width = max(len(p) for p in prefixes)
-    ids = torch.full((len(prefixes), width), pad_id, dtype=torch.long)
-    for b, p in enumerate(prefixes):
-        ids[b, : len(p)] = torch.tensor(p, dtype=torch.long)  # right padding: causal attention suffices
-    cache = _call(model, 1, input_ids=ids.to(device), use_cache=True).past_key_values
-    caches = []
-    for layer in cache.layers:  # re-layout one layer at a time, freeing the original as we go
-        caches.append((layer.keys.transpose(1, 2).contiguous(), layer.values.transpose(1, 2).contiguous()))
-        layer.keys = layer.values = None
-    return caches
-
-
-def _prefilled_layer_class():
-    from transformers.cache_utils import DynamicLayer
-
-    class PrefilledLayer(DynamicLayer):
-        """A cache layer over a preallocated ``[batch, heads, prefix + suffix, dim]`` buffer whose
-        prefix part is already filled: the suffix's keys/values are written in place (no
-        ``torch.cat`` of the whole cache)."""
-
-        def __init__(self, keys: torch.Tensor, values: torch.Tensor, filled: int):
-            super().__init__()
-            self.keys, self.values = keys, values
-            self.dtype, self.device = keys.dtype, keys.device
-            self.is_initialized = True
-            self.filled = filled
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            end = self.filled + key_states.shape[-2]
-            if end > self.keys.shape[-2]:
-                raise RuntimeError("prefilled cache buffer too small")
-            self.keys[:, :, self.filled:end] = key_states
-            self.values[:, :, self.filled:end] = value_states
-            self.filled = end
-            return self.keys[:, :, :end], self.values[:, :, :end]
-
-        def get_seq_length(self) -> int:
-            return self.filled
-
-    return PrefilledLayer
-
-
-def _forward_suffix(model, rows: Sequence[ScoreRequest], prefix_lens: Sequence[int], prefix_rows: Sequence[int],
-                    caches: Sequence[tuple[torch.Tensor, torch.Tensor]], device, pad_id: int) -> list[ScoreResult]:
-    """Score ``rows`` continuing from cached prefixes: row ``b`` continues prefix ``prefix_rows[b]``
-    (``prefix_lens[b]`` tokens) of ``caches`` (from :func:`_prefix_caches`)."""
-    from transformers.cache_utils import Cache
-
-    bsz = len(rows)
-    pmax = max(prefix_lens)
-    suffixes = [(r.prompt_ids + (r.span_ids or []))[p:] for r, p in zip(rows, prefix_lens)]
-    smax = max(len(s) for s in suffixes)
-    ids = torch.full((bsz, smax), pad_id, dtype=torch.long)
-    mask = torch.zeros((bsz, pmax + smax), dtype=torch.long)
-    pos = torch.zeros((bsz, smax), dtype=torch.long)
-    for b, (s, p) in enumerate(zip(suffixes, prefix_lens)):
-        ids[b, smax - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[b, pmax - p: pmax] = 1
-        mask[b, pmax + smax - len(s):] = 1
-        pos[b, smax - len(s):] = torch.arange(p, p + len(s))
-        pos[b, : smax - len(s)] = max(p - 1, 0)  # pads: any valid position; they are never read
-    # Cache position j of row b holds prefix position j - (pmax - p_b); left-pad slots repeat
-    # position 0 (finite values, masked out).
-    lens = torch.tensor(prefix_lens)
-    src_pos = (torch.arange(pmax).unsqueeze(0) - (pmax - lens).unsqueeze(1)).clamp(min=0)
-    src_row = torch.tensor(prefix_rows).unsqueeze(1).expand(-1, pmax)
-    dev = caches[0][0].device
-    src_row, src_pos = src_row.to(dev), src_pos.to(dev)
-    layer_cls = _prefilled_layer_class()
-    layers = []
-    for k_all, v_all in caches:
-        n_heads, dim = k_all.shape[2], k_all.shape[3]
-        keys = k_all.new_empty((bsz, n_heads, pmax + smax, dim))
-        values = v_all.new_empty((bsz, n_heads, pmax + smax, dim))
-        keys[:, :, :pmax] = k_all[src_row, src_pos].transpose(1, 2)
-        values[:, :, :pmax] = v_all[src_row, src_pos].transpose(1, 2)
-        layers.append(layer_cls(keys, values, pmax))
-    cache = Cache(layers=layers)
-    out = _call(model, _keep(rows), input_ids=ids.to(device), attention_mask=mask.to(device),
-                position_ids=pos.to(device), past_key_values=cache, use_cache=True)
-    return _read(out.logits, rows)
+def _forward_packed(model, row: RowPlan, store: PrefixStore, device) -> list[tuple[int, torch.Tensor]]:
+    """The logits read for each request of one packed row. Its layout (with every token's requests
+    and positions) travels to every decoder layer and attention module as ``selfrec_layout``."""
+    ids = torch.tensor([row.ids], dtype=torch.long, device=device)
+    layout = PackedLayout([row.families], store=store, mode=ATTENTION_MODE, spans=[row.spans])
+    out = _call(model, torch.tensor(row.keep, device=device), input_ids=ids,
+                position_ids=torch.tensor([row.positions], device=device), attention_mask=torch.ones_like(ids),
+                use_cache=False, **{LAYOUT_KWARG: layout})
+    logits = out.logits[0]
+    return [(rd.index, logits[rd.first: rd.first + rd.count]) for rd in row.reads]
 
 
 # ----------------------------------------------------------------------------- driver
 
 
-def _score_units(model, reqs: Sequence[ScoreRequest], units: Sequence[_Unit], batch_size: int,
+def _score_plain(model, reqs: Sequence[ScoreRequest], indices: list[int], batch_size: int,
                  max_batch_tokens: int | None, bar) -> dict[int, ScoreResult]:
-    device, pad_id = _input_device(model), _pad_id(model)
+    device, pad = _input_device(model), pad_id(model)
     results: dict[int, ScoreResult] = {}
 
     def full_len(i: int) -> int:
-        return len(reqs[i].prompt_ids) + len(reqs[i].span_ids or ())
+        return len(full_ids(reqs[i]))
 
-    plain = sorted((i for u in units if u.prefix_len == 0 for i in u.indices), key=full_len, reverse=True)
-    for batch in _batches(plain, full_len, batch_size, max_batch_tokens):
-        for i, res in zip(batch, _forward_plain(model, [reqs[i] for i in batch], device, pad_id)):
+    order = sorted(indices, key=full_len, reverse=True)
+    for batch in plain_batches(order, full_len, batch_size, max_batch_tokens):
+        for i, res in zip(batch, _forward_plain(model, [reqs[i] for i in batch], device, pad)):
             results[i] = res
         bar.update(len(batch))
+    return results
 
-    groups = sorted((u for u in units if u.prefix_len > 0), key=lambda u: u.prefix_len, reverse=True)
-    # A chunk is one prefix batch; its caches live while its groups' suffixes are scored.
-    for chunk in _batches(list(range(len(groups))), lambda g: groups[g].prefix_len, batch_size, max_batch_tokens):
-        units_c = [groups[g] for g in chunk]
-        prefixes = [reqs[u.indices[0]].prompt_ids[: u.prefix_len] for u in units_c]
-        caches = _prefix_caches(model, prefixes, device, pad_id)
-        owner = {i: c for c, u in enumerate(units_c) for i in u.indices}
-        # Sorted by total length: rows of one batch then have similar prefix and suffix lengths.
-        rows = sorted(owner, key=lambda i: (full_len(i), i), reverse=True)
-        for batch in _batches(rows, full_len, batch_size, max_batch_tokens):
-            res = _forward_suffix(model, [reqs[i] for i in batch], [units_c[owner[i]].prefix_len for i in batch],
-                                  [owner[i] for i in batch], caches, device, pad_id)
-            for i, r in zip(batch, res):
-                results[i] = r
-            bar.update(len(batch))
-        del caches
+
+def _score_packed(model, reqs: Sequence[ScoreRequest], units: Sequence[Unit], batch_size: int,
+                  max_batch_tokens: int | None, bar) -> dict[int, ScoreResult]:
+    device = _input_device(model)
+    rows = pack_rows(reqs, units, max_batch_tokens or DEFAULT_ROW_TOKENS, batch_size)
+    store = PrefixStore()
+    results: dict[int, ScoreResult] = {}
+    with packed_attention_enabled(model):
+        for row in rows:
+            for i, logits in _forward_packed(model, row, store, device):
+                results[i] = _result(reqs[i], logits)
+            for key in row.drops:
+                store.drop(key)
+            bar.update(row.n_requests)
     return results
 
 
@@ -406,9 +273,10 @@ def score_requests(
 ) -> list[ScoreResult]:
     """Score ``requests`` with ``model`` (a causal LM, possibly a PEFT model); results in input order.
 
-    ``batch_size`` bounds the rows of every forward pass and the number of prefixes cached at once;
-    ``max_batch_tokens`` (optional) bounds rows × padded length. ``prefix_reuse=False`` scores every
-    request in plain padded batches (same numbers, more work). With several ``accelerate`` processes
+    ``batch_size`` bounds the requests of every forward pass; ``max_batch_tokens`` bounds its tokens
+    (a packed row's length; rows × padded length on the plain path; default on the fast path:
+    :data:`DEFAULT_ROW_TOKENS`). A request longer than that runs alone. ``prefix_reuse=False`` scores
+    every request in plain padded batches (same numbers, more work). With several ``accelerate`` processes
     (and ``distributed``) each scores a shard and every process returns all results.
     """
     from tqdm.auto import tqdm
@@ -417,12 +285,8 @@ def score_requests(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     reqs = [as_request(r) for r in requests]
     model = _unwrap(model)
-    if _is_prompt_learning(model):
-        from selfrec_ft.errors import UserError
-
-        raise UserError("prompt-learning PEFT adapters are not supported by the scoring engine (use LoRA)")
-    reuse = prefix_reuse and supports_prefix_cache(model)
-    units = plan_units(reqs, prefix_reuse=reuse)
+    fast = prefix_reuse and supports_packed_attention(model)
+    units = plan_units(reqs, prefix_reuse=fast)
     state = distributed_state() if distributed else None
     if state is not None:
         units = sorted(units, key=lambda u: u.cost(reqs), reverse=True)[state.process_index::state.num_processes]
@@ -433,7 +297,11 @@ def score_requests(
     try:
         with torch.inference_mode(), tqdm(total=n_mine, desc=desc, disable=not show, unit="prompt",
                                           dynamic_ncols=True) as bar:
-            mine = _score_units(model, reqs, units, batch_size, max_batch_tokens, bar)
+            if fast:
+                mine = _score_packed(model, reqs, units, batch_size, max_batch_tokens, bar)
+            else:  # virtual tokens of a prompt-learning adapter shift positions under padding: one at a time
+                mine = _score_plain(model, reqs, [i for u in units for i in u.indices],
+                                    1 if _is_prompt_learning(model) else batch_size, max_batch_tokens, bar)
     finally:
         model.train(was_training)
     if state is not None:

@@ -4,17 +4,30 @@ The 2 x |others| training examples of one article are identical up to the first 
 prompt, instructions, the article itself): on XSUM with P1's wording, about three quarters of every
 example's tokens.
 With ``share_prefix`` each training row holds that common prefix once, followed by every example's
-own remainder (its *branch*: the two summaries, the question and the answer). A 4-D attention mask
-lets each branch see the prefix and itself only, and the position ids of each branch restart at
-the prefix length, so every branch token sees exactly the context and positions it would see in its
-own sequence: the loss and its gradients equal those of the same examples batched one per row
-(``tests/test_shared_prefix.py`` checks both), while the forward and backward passes cover the
-prefix once instead of 2 x |others| times — the scoring engine's prefix reuse, applied to training.
+own remainder (its *branch*: the two summaries, the question and the answer). Each branch sees the
+prefix and itself only, and the position ids of each branch restart at the prefix length, so every
+branch token sees exactly the context and positions it would see in its own sequence: the loss and
+its gradients equal those of the same examples batched one per row (``tests/test_shared_prefix.py``
+checks both, also under DDP), while the forward and backward passes cover the prefix once instead of
+2 x |others| times — the scoring engine's prefix reuse, applied to training.
+
+Two attention paths (``SharedPrefixSFTTrainer.attention_path``):
+
+* ``packed`` (Llama-like models, see :func:`packed_path_possible`): the trained model's attention is
+  the engine's packed attention (:mod:`selfrec_ft.scoring.packed_attention`) for the trainer's life.
+  The prefix attends causally to itself once; the branches attend to the prefix's keys and causally to
+  themselves (on a CPU by cascade, with an exact backward through the flash kernel; on GPUs by one
+  masked attention over the branches), gradients flowing into both. No masked-out score is computed
+  for the prefix, and the collator builds no 4-D mask. The layout is rebuilt in ``compute_loss`` from
+  the position ids and travels with the forward call (it survives activation checkpointing's
+  recomputation).
+* ``mask`` (other models): the model's own attention over the whole row with a 4-D mask.
 
 A row's length is the prefix plus its branches: never more tokens than its examples together, and no
 position id beyond the longest of them (each example is checked against ``max_length`` before
-packing). ``per_device_train_batch_size`` then counts rows, i.e. articles. The row layout is carried by ``position_ids`` alone (a restart marks a new branch;
-the restart position is the prefix length), so rows survive dataset caching and shuffling.
+packing). ``per_device_train_batch_size`` then counts rows, i.e. articles. The row layout is carried by
+``position_ids`` alone (a restart marks a new branch; the restart position is the prefix length), so
+rows survive dataset caching and shuffling.
 """
 
 from __future__ import annotations
@@ -120,11 +133,25 @@ def shared_prefix_mask(position_ids_rows: list[list[int]], length: int):
     return mask
 
 
-class SharedPrefixCollator:
-    """Pads shared-prefix rows and builds their 4-D mask (``attention_mask``, boolean)."""
+def row_families(position_ids, length: int):
+    """The packed-attention families of one row's first ``length`` tokens (its prefix, then a
+    branch at every restart of the position ids; a row without a restart is one plain sequence)."""
+    from selfrec_ft.scoring.packed_attention import Family
 
-    def __init__(self, pad_token_id: int):
+    pos = [int(p) for p in position_ids[:length]]
+    restarts = [j for j in range(1, length) if pos[j] <= pos[j - 1]]
+    if not restarts:
+        return [Family(0, length)] if length else []
+    return [Family(0, pos[restarts[0]], tuple(restarts) + (length,))]  # a branch restarts at the prefix length
+
+
+class SharedPrefixCollator:
+    """Pads shared-prefix rows; ``attention_mask`` is their 4-D boolean mask, or with
+    ``four_d_mask=False`` (the packed-attention path, which needs no mask) a 2-D mask of the real tokens."""
+
+    def __init__(self, pad_token_id: int, four_d_mask: bool = True):
         self.pad_token_id = pad_token_id
+        self.four_d_mask = four_d_mask
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -134,11 +161,15 @@ class SharedPrefixCollator:
         def pad(key, value):
             return torch.tensor([list(f[key]) + [value] * (length - len(f[key])) for f in features])
 
+        if self.four_d_mask:
+            mask = shared_prefix_mask([f["position_ids"] for f in features], length)
+        else:
+            mask = torch.tensor([[1] * len(f["input_ids"]) + [0] * (length - len(f["input_ids"])) for f in features])
         return {
             "input_ids": pad("input_ids", self.pad_token_id),
             "labels": pad("labels", IGNORE),
             "position_ids": pad("position_ids", 0),
-            "attention_mask": shared_prefix_mask([f["position_ids"] for f in features], length),
+            "attention_mask": mask,
         }
 
 
@@ -161,13 +192,38 @@ def verify_packed_completion_mask(packed, expected_completion_ids: list[list[int
         raise RuntimeError("the packed training labels differ from the completion tokens of the pairs")
 
 
+def packed_path_possible(model, attn_implementation: str | None) -> bool:
+    """Whether shared-prefix rows can train through packed attention (Llama-like models whose
+    configured attention is ``sdpa``, ``eager`` or unset; see :mod:`selfrec_ft.scoring.packed_attention`)."""
+    from selfrec_ft.scoring.packed_attention import NAME, supports_packed_attention
+
+    return attn_implementation in (None, "sdpa", "eager", NAME) and supports_packed_attention(model)
+
+
 def shared_prefix_trainer_class():
-    """``SFTTrainer`` whose prepared dataset is packed by article and whose batches carry a 4-D mask."""
+    """``SFTTrainer`` whose prepared dataset is packed by article (see the module docstring)."""
     import torch
     from trl import SFTTrainer
 
+    from selfrec_ft.scoring.packed_attention import LAYOUT_KWARG, PackedLayout, base_model, set_packed_attention
+
     class SharedPrefixSFTTrainer(SFTTrainer):
-        """TRL's ``SFTTrainer`` on shared-prefix rows (see :mod:`selfrec_ft.training.shared_prefix`)."""
+        """TRL's ``SFTTrainer`` on shared-prefix rows (see :mod:`selfrec_ft.training.shared_prefix`).
+
+        ``attention_path`` is ``"packed"`` (the model's attention is switched to packed attention
+        for the trainer's life: the prefix once, each branch against the prefix keys and causally
+        against itself, nothing masked computed) where the model allows it, else ``"mask"`` (the
+        model's own attention with the 4-D mask over the whole row)."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            attn = base_model(self.model).config._attn_implementation
+            self.attention_path = "packed" if packed_path_possible(self.model, attn) else "mask"
+            self.packed_mode = None  # packed attention's mode: None = cascade on CPU, mask elsewhere
+            if self.attention_path == "packed":
+                set_packed_attention(self.model)
+                if isinstance(self.data_collator, SharedPrefixCollator):
+                    self.data_collator.four_d_mask = False
 
         def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
             prepared = super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func,
@@ -179,8 +235,19 @@ def shared_prefix_trainer_class():
                 self._signature_columns = ["input_ids", "labels", "position_ids"]
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mask = inputs["attention_mask"]
+            lengths = mask.diagonal(dim1=-2, dim2=-1).sum(-1).flatten() if mask.dim() == 4 else mask.sum(-1)
+            if self.attention_path == "packed":
+                positions = inputs["position_ids"].tolist()
+                inputs[LAYOUT_KWARG] = PackedLayout([row_families(p, int(n)) for p, n in zip(positions, lengths.tolist())],
+                                                    mode=self.packed_mode)
+                inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])  # the layout masks; none to build
+            elif mask.dim() == 2:  # a 2-D mask from a packed-path collator: build the 4-D one
+                inputs["attention_mask"] = shared_prefix_mask(
+                    [p[:n] for p, n in zip(inputs["position_ids"].tolist(), lengths.tolist())],
+                    mask.shape[-1]).to(mask.device)
             allowed = inputs["attention_mask"]
-            if getattr(self.model.config, "_attn_implementation", "sdpa") == "eager":
+            if self.attention_path == "mask" and getattr(self.model.config, "_attn_implementation", "sdpa") == "eager":
                 # eager attention adds the mask to the scores: give it the additive form
                 inputs["attention_mask"] = torch.zeros(allowed.shape, dtype=torch.float32,
                                                        device=allowed.device).masked_fill(
@@ -190,7 +257,7 @@ def shared_prefix_trainer_class():
             result = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                           num_items_in_batch=num_items_in_batch)
             if training:  # TRL counts attention_mask.sum(): count the real tokens instead
-                real = allowed.diagonal(dim1=-2, dim2=-1).sum()
+                real = lengths.sum()
                 self._total_train_tokens = before + self.accelerator.gather_for_metrics(real).sum().item() \
                     // self._tp_size
                 self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
