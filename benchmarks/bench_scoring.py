@@ -191,30 +191,32 @@ def main(argv: list[str] | None = None) -> int:
     from selfrec_ft.jsonl import atomic_write_json
     from selfrec_ft.models.loading import load_model
     from selfrec_ft.models.tiny import make_tiny_model
-    from selfrec_ft.scoring.engine import pad_id, score_requests
-    from selfrec_ft.scoring.items import build_items
+    from selfrec_ft.scoring.engine import pad_id
+    from selfrec_ft.scoring.scorer import Scorer
+    from selfrec_ft.scoring.spec import EvalSpec
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model or make_tiny_model(os.path.join(tmp, "small"), seed=0, size="small")
         model, tokenizer = load_model(model_dir, dtype="float32", device="cpu")
     scaling = [int(x) for x in args.scaling.split(",") if x.strip()]
     corpus, self_source, data = load_data(args.data, max([args.articles, *scaling]))
-    ids = [a.id for a in corpus.articles[: max([args.articles, *scaling])]]
+    scorer = Scorer(model, tokenizer, batch_size=args.batch_size, max_length=args.max_length)
+    spec = EvalSpec(corpus=corpus, self_source=self_source, tasks=TASKS)
 
-    def requests_for(article_ids):
-        items = build_items(corpus, tokenizer, self_source, None, TASKS, article_ids, max_length=args.max_length)
+    def requests_for(first: int, n: int):
+        """The engine requests of articles first..first+n-1, rendered as every evaluation renders them."""
+        items = scorer.items(spec.replace(skip_first=first, limit=n))
         return [it.request for it in items], items.shortened
 
-    per_article = [requests_for([aid])[0] for aid in ids[: args.articles]]
+    per_article = [requests_for(i, 1)[0] for i in range(args.articles)]
     requests = [r for chunk in per_article for r in chunk]
-    shortened = requests_for(ids[: args.articles])[1]
+    shortened = requests_for(0, args.articles)[1]
     lengths = [len(r.prompt_ids) for r in requests]
 
     methods = {
         "p1_loop": lambda reqs: p1_loop(model, reqs),
         "batched": lambda reqs: plain_batched(model, reqs, args.batch_size, pad_id(model)),
-        "engine": lambda reqs: [r.probs for r in score_requests(model, reqs, batch_size=args.batch_size,
-                                                               progress=False)],
+        "engine": lambda reqs: [r.probs for r in scorer.score(reqs)],
     }
     for fn in methods.values():  # warm-up (allocator, one-time registration)
         fn(per_article[0][:2])
@@ -240,9 +242,9 @@ def main(argv: list[str] | None = None) -> int:
 
     scaling_rows = []
     for n in scaling:
-        reqs, _ = requests_for(ids[:n])
+        reqs, _ = requests_for(0, n)
         sc = benchlib.Clock()
-        sc.run("engine", lambda: score_requests(model, reqs, batch_size=args.batch_size, progress=False))
+        sc.run("engine", lambda: scorer.score(reqs))
         w = engine_work(model.config, reqs, args.batch_size)
         scaling_rows.append({"articles": n, "prompts": len(reqs), "unique_tokens": w["engine_tokens"],
                              "engine_s": round(sc.wall["engine"], 3), "engine_cpu_s": round(sc.cpu["engine"], 3),

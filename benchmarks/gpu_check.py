@@ -216,15 +216,16 @@ def part_scoring(profile: Profile, root: Path, tok_dir: Path, data: str | None) 
     from bench_scoring import TASKS, engine_work, load_data, max_diff, max_logprob_diff, plain_batched
 
     from selfrec_ft.models.loading import load_tokenizer
-    from selfrec_ft.scoring.engine import pad_id, score_requests
-    from selfrec_ft.scoring.items import build_items
+    from selfrec_ft.scoring.engine import pad_id
+    from selfrec_ft.scoring.scorer import Scorer
+    from selfrec_ft.scoring.spec import EvalSpec
 
     tokenizer = load_tokenizer(tok_dir)
     corpus, self_source, label = load_data(data, profile.score_articles)
-    ids = [a.id for a in corpus.articles[: profile.score_articles]]
-    items = build_items(corpus, tokenizer, self_source, None, TASKS, ids, max_length=profile.max_length)
-    requests = [it.request for it in items]
     model = build_model(profile.big, tok_dir, profile.device, profile.dtype)
+    scorer = Scorer(model, tokenizer, batch_size=16, max_length=profile.max_length)
+    items = scorer.items(EvalSpec(corpus=corpus, self_source=self_source, tasks=TASKS, limit=profile.score_articles))
+    requests = [it.request for it in items]
     reset_peak(profile.device)
     sync = torch.cuda.synchronize if profile.device == "cuda" else None
     clock = benchlib.Clock()
@@ -235,7 +236,7 @@ def part_scoring(profile: Profile, root: Path, tok_dir: Path, data: str | None) 
     requests = [dataclasses.replace(r, option_ids={**r.option_ids, "top": t}) for r, t in zip(requests, top)]
     methods = {
         "batched": lambda reqs: plain_batched(model, reqs, 16, pad_id(model)),
-        "engine": lambda reqs: [r.probs for r in score_requests(model, reqs, batch_size=16, progress=False)],
+        "engine": lambda reqs: [r.probs for r in scorer.score(reqs)],
     }
     outputs = {"p1_loop": ref}
     for name, fn in methods.items():
@@ -258,7 +259,9 @@ def part_scoring(profile: Profile, root: Path, tok_dir: Path, data: str | None) 
     }
     if profile.device == "cuda":
         save_model(model, tok_dir, root / "big-model")  # for (c)
-    del model
+    scorer.close()  # the caller owns the model: the scorer only forgets it
+    methods.clear()  # the lambdas hold the model too
+    del scorer, model
     reset_peak(profile.device)
     return out
 

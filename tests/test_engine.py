@@ -223,7 +223,8 @@ DIST_SCRIPT = """
 import json, sys
 import torch
 from selfrec_ft.models.loading import load_model
-from selfrec_ft.scoring.engine import ScoreRequest, distributed_state, release_distributed, score_requests
+from selfrec_ft.scoring.engine import ScoreRequest, distributed_state, score_requests
+from selfrec_ft.training.teardown import end_distributed
 model, _ = load_model(sys.argv[1], device="cpu")
 reqs = [ScoreRequest(r["prompt_ids"], r["option_ids"], None if r["group"] is None else tuple(r["group"]),
                      r["span_ids"]) for r in json.load(open(sys.argv[2]))]
@@ -232,7 +233,7 @@ state = distributed_state()
 with open(sys.argv[3] + f".{state.process_index}", "w") as fh:
     json.dump({"n": state.num_processes, "probs": [r.probs for r in results],
                "span": [r.mean_logprob for r in results]}, fh)
-release_distributed()
+end_distributed()
 """
 
 

@@ -253,14 +253,6 @@ def distributed_state():
     return state if state.num_processes > 1 else None
 
 
-def release_distributed() -> None:
-    """Wait for every process and destroy the process group, if one is up (call at the end of a
-    multi-process script: a gloo group left to the interpreter's exit can abort a process)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-
-
 def score_requests(
     model,
     requests: Iterable[ScoreRequest | Mapping[str, Any]],
