@@ -26,7 +26,17 @@ def module_files() -> dict[str, Path]:
 def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
     """``{module: selfrec_ft modules it imports}`` from every import statement in its source, at
     module level or inside functions. ``from pkg import name`` counts as importing ``pkg.name`` when
-    that is a module, else ``pkg``; relative imports are resolved against the module's package."""
+    that is a module, else ``pkg``; relative imports are resolved against the module's package.
+    Imports under ``if TYPE_CHECKING:`` are left out: they never run (annotations only)."""
+
+    def type_checking_only(tree: ast.AST) -> set[int]:
+        skip: set[int] = set()
+        for node in ast.walk(tree):
+            test = getattr(node, "test", None)
+            if isinstance(node, ast.If) and (getattr(test, "id", None) == "TYPE_CHECKING"
+                                             or getattr(test, "attr", None) == "TYPE_CHECKING"):
+                skip.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+        return skip
 
     def owner(name: str) -> str | None:
         while name and name not in modules:
@@ -37,7 +47,11 @@ def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         deps: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        skip = type_checking_only(tree)
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
