@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from selfrec_ft.data.corpus import SUMMARIES_FILE, Corpus, load_corpus
 from selfrec_ft.errors import UserError
 from selfrec_ft.generation.clean import DOMAINS, clean_summary
-from selfrec_ft.jsonl import JsonlAppender, read_jsonl_rows
+from selfrec_ft.jsonl import JsonlAppender, read_jsonl_rows, repair_tail
 from selfrec_ft.prompts.templates import DEFAULT_PRESET, load_preset, render_generation_prompt
 
 CANDIDATES_FILE = "candidates.jsonl"
@@ -284,10 +284,9 @@ def generate_summaries(
     if isinstance(corpus_dir_or_corpus, Corpus):
         corpus = corpus_dir_or_corpus
     else:
-        summaries_file = Path(corpus_dir_or_corpus) / SUMMARIES_FILE
-        if summaries_file.is_file():  # drop a partial last line left by a killed run before parsing
-            with JsonlAppender(summaries_file):
-                pass
+        # before parsing: a last line cut short by a killed run is dropped, a whole one without its
+        # newline (a hand-edited file) gets its newline
+        repair_tail(Path(corpus_dir_or_corpus) / SUMMARIES_FILE)
         corpus = load_corpus(corpus_dir_or_corpus)
     if out is None:
         if corpus.path is None:
