@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from selfrec_ft.errors import UserError
 
@@ -51,7 +51,7 @@ def _input_error(exc: OSError, path, what: str) -> UserError:
     if isinstance(exc, FileNotFoundError):
         return UserError(f"{what} not found", path)
     if isinstance(exc, IsADirectoryError):
-        return UserError(f"{what} is a directory, expected a file", path)
+        return UserError(f"is a directory, expected a {what}", path)
     return UserError(f"cannot read {what}: {exc.strerror or exc}", path)
 
 
@@ -67,19 +67,31 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
     return decode_utf8(read_bytes(path, what), path)
 
 
+def open_input(path: str | os.PathLike, what: str = "file") -> BinaryIO:
+    """``open(path, "rb")`` with a one-line error (not found, a directory, unreadable)."""
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise _input_error(exc, path, what) from None
+
+
 def iter_text_lines(path: str | os.PathLike, what: str = "file") -> Iterator[tuple[int, str]]:
     """``(line_number, text)`` of every line of a UTF-8 file, streamed; lines end at ``\\n`` only
     (so a U+2028 or U+0085 inside a JSON string never splits a line) and keep their ending."""
-    try:
-        fh = open(path, "rb")
-    except OSError as exc:
-        raise _input_error(exc, path, what) from None
-    with fh:
+    with open_input(path, what) as fh:
         for lineno, raw in enumerate(fh, start=1):
             yield lineno, decode_utf8(raw, path, lineno)
 
 
 # ----------------------------------------------------------------------------- writing
+
+
+def _file_in_the_way(path: Path) -> str:
+    """The first of ``path`` and its parents that exists and is not a directory (else ``path``)."""
+    for p in (path, *path.parents):
+        if os.path.lexists(p) and not p.is_dir():
+            return os.fspath(p)
+    return os.fspath(path)
 
 
 def write_error(exc: OSError, path: str | os.PathLike) -> UserError:
@@ -93,10 +105,9 @@ def write_error(exc: OSError, path: str | os.PathLike) -> UserError:
         reason = "disk quota exceeded (what was written so far is kept: free space and rerun to resume)"
     elif code == errno.EROFS:
         reason = "read-only file system"
-    elif isinstance(exc, NotADirectoryError) or (isinstance(exc, FileExistsError) and exc.filename is not None
-                                                  and Path(exc.filename).exists()):
-        where = exc.filename if exc.filename is not None else path
-        reason = f"{os.fspath(where)} is a file, expected a directory"
+    elif isinstance(exc, (NotADirectoryError, FileExistsError)):
+        where = _file_in_the_way(Path(exc.filename if exc.filename is not None else path))
+        reason = ("it" if where == os.fspath(path) else where) + " is a file, expected a directory"
     else:
         reason = exc.strerror.lower() if exc.strerror else str(exc)
     return UserError(f"cannot write: {reason}", path)
@@ -113,10 +124,11 @@ def writing(path: str | os.PathLike):
         raise write_error(exc, path) from None
 
 
-def ensure_dir(path: str | os.PathLike) -> Path:
-    """``path`` as a directory (created with its parents); a file in the way is a ``UserError``."""
+def ensure_dir(path: str | os.PathLike, for_file: str | os.PathLike | None = None) -> Path:
+    """``path`` as a directory (created with its parents); a file in the way (or no permission) is a
+    ``UserError`` naming ``for_file`` — the output the directory is for — when given, else ``path``."""
     path = Path(path)
-    with writing(path):
+    with writing(for_file if for_file is not None else path):
         if path.exists() and not path.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "Not a directory", os.fspath(path))
         path.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from selfrec_ft.errors import UserError
-from selfrec_ft.files import current_umask, decode_utf8, ensure_dir, iter_text_lines, writing
+from selfrec_ft.files import current_umask, decode_utf8, ensure_dir, iter_text_lines, open_input, writing
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
@@ -124,7 +124,7 @@ def read_jsonl_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     rows = []
-    with open(path, "rb") as fh:
+    with open_input(path) as fh:
         for lineno, raw in enumerate(fh, start=1):
             if not raw.endswith(b"\n"):  # the last line, without its newline
                 obj = _complete_object(raw)
@@ -161,7 +161,7 @@ class JsonlAppender:
         self.close()
 
     def open(self) -> None:
-        ensure_dir(self.path.parent)
+        ensure_dir(self.path.parent, for_file=self.path)
         with writing(self.path):
             if self.path.is_dir():
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", os.fspath(self.path))
@@ -194,7 +194,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     whole if anything fails). The file gets the user's umask (or keeps the mode of the file it
     replaces); a failure is a one-line ``UserError`` naming ``path``."""
     path = Path(path)
-    ensure_dir(path.parent)
+    ensure_dir(path.parent, for_file=path)
     with writing(path):
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, "Is a directory", os.fspath(path))

@@ -27,6 +27,16 @@ def run_main(func: Callable[..., int | None], *args, **kwargs) -> int:
     return int(rc or 0)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``error: <what is wrong> (see: <prog> --help)`` and exit 2,
+    instead of the usage block. Subcommand parsers inherit the class (``add_subparsers`` makes
+    parsers of its parent's type)."""
+
+    def error(self, message: str):  # noqa: D102  (argparse's hook)
+        message = " ".join(str(message).split())
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+
 def int_at_least(minimum: int):
     """An argparse type: an integer >= ``minimum`` (a bad value is argparse's one-line error)."""
 
