@@ -94,15 +94,25 @@ def _file_in_the_way(path: Path) -> str:
     return os.fspath(path)
 
 
-def write_error(exc: OSError, path: str | os.PathLike) -> UserError:
-    """``UserError(path, "cannot write: <reason>")`` for an ``OSError`` raised while writing ``path``."""
+RESUMABLE = "what was written so far is kept: free space and rerun to resume"
+REPLACED_WHOLE = "the file was left as it was: free space and rerun"
+
+
+def write_error(exc: BaseException, path: str | os.PathLike, full_note: str = RESUMABLE) -> UserError:
+    """``UserError(path, "cannot write: <reason>")`` for an error raised while writing ``path``: an
+    ``OSError`` or a library's own I/O error (e.g. safetensors'), whose message is used. A full
+    disk adds ``full_note`` (what happened to the output and what to do)."""
+    if not isinstance(exc, OSError):
+        text = " ".join(str(exc).split())
+        full = "no space left on device" in text.lower() or "os error 28" in text
+        return UserError(f"cannot write: {text}" + (f" ({full_note})" if full else ""), path)
     code = exc.errno
     if isinstance(exc, IsADirectoryError):
         reason = "it is a directory, expected a file"
     elif code == errno.ENOSPC:
-        reason = "no space left on device (what was written so far is kept: free space and rerun to resume)"
+        reason = f"no space left on device ({full_note})"
     elif code == errno.EDQUOT:
-        reason = "disk quota exceeded (what was written so far is kept: free space and rerun to resume)"
+        reason = f"disk quota exceeded ({full_note})"
     elif code == errno.EROFS:
         reason = "read-only file system"
     elif isinstance(exc, (NotADirectoryError, FileExistsError)):
@@ -114,14 +124,15 @@ def write_error(exc: OSError, path: str | os.PathLike) -> UserError:
 
 
 @contextmanager
-def writing(path: str | os.PathLike):
-    """Turn an ``OSError`` raised inside the block into :func:`write_error` for ``path``."""
+def writing(path: str | os.PathLike, also: tuple[type[BaseException], ...] = (), full_note: str = RESUMABLE):
+    """Turn an ``OSError`` (or one of the exception types ``also``: a library's I/O errors) raised
+    inside the block into :func:`write_error` for ``path``."""
     try:
         yield
     except UserError:
         raise
-    except OSError as exc:
-        raise write_error(exc, path) from None
+    except (OSError, *also) as exc:
+        raise write_error(exc, path, full_note) from None
 
 
 def ensure_dir(path: str | os.PathLike, for_file: str | os.PathLike | None = None) -> Path:

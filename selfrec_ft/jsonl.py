@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from selfrec_ft.errors import UserError
-from selfrec_ft.files import current_umask, decode_utf8, ensure_dir, iter_text_lines, open_input, writing
+from selfrec_ft.files import (
+    REPLACED_WHOLE,
+    current_umask,
+    decode_utf8,
+    ensure_dir,
+    iter_text_lines,
+    open_input,
+    writing,
+)
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
@@ -195,7 +203,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     replaces); a failure is a one-line ``UserError`` naming ``path``."""
     path = Path(path)
     ensure_dir(path.parent, for_file=path)
-    with writing(path):
+    with writing(path, full_note=REPLACED_WHOLE):
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, "Is a directory", os.fspath(path))
         # mkstemp makes the file 0600: give it the mode of the file it replaces, else the umask's

@@ -140,8 +140,11 @@ def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, size: str = "tiny
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, do_sample=False,
     )
+    from safetensors import SafetensorError
+
     before = {f: f.stat().st_mtime_ns for f in out.iterdir()}
-    with writing(out):  # a file in the way, no permission, disk full: one line naming the directory
+    # a file in the way, no permission, disk full: one line naming the directory
+    with writing(out, also=(SafetensorError,), full_note="free space and rerun"):
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
     # safetensors writes model.safetensors 0600: the files written get the user's umask instead
