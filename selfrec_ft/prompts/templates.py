@@ -159,11 +159,11 @@ class _Checker:
             required, allowed = PLACEHOLDERS[kind]
             unknown = sorted(fields - allowed)
             if unknown:
-                raise self.error(name, key, f"unknown placeholder {{{unknown[0]}}}; a {kind} template may use "
+                raise self.error(name, key, f"unknown placeholder {{{unknown[0]}}}; {kind} templates may use "
                                  + ", ".join("{" + a + "}" for a in sorted(allowed)))
             missing = sorted(required - fields)
             if missing:
-                raise self.error(name, key, f"missing placeholder {{{missing[0]}}}; a {kind} template needs "
+                raise self.error(name, key, f"missing placeholder {{{missing[0]}}}; {kind} templates need "
                                  + " and ".join("{" + r + "}" for r in sorted(required)))
         return fields
 
