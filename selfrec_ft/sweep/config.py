@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from selfrec_ft import files
+from selfrec_ft.cli.common import config_value_problem
 from selfrec_ft.defaults import DEFAULT_HOOK_TASKS, GENERATION_TEMPLATES, LABEL_STRATEGIES, TASKS
 from selfrec_ft.errors import UserError
 
@@ -146,52 +147,6 @@ def _is_num(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _converts(conv, text: str) -> tuple[bool, Any]:
-    try:
-        return True, conv(text)
-    except Exception:  # noqa: BLE001  (argparse type functions raise ValueError, TypeError, ArgumentTypeError)
-        return False, None
-
-
-def _type_problem(action, value: Any) -> str | None:
-    """What is wrong with ``value`` for the recipe parser's ``action`` (as the recipe would read it
-    from its YAML: a string goes through the field's type, other values are taken as they are), or
-    None. Fields with unusual types (dicts, config objects) are left to the recipe."""
-    conv = action.type
-    name = getattr(conv, "__name__", "")
-    if name not in ("int", "float", "str", "string_to_bool", "<lambda>"):
-        return None
-    what = {"int": "an integer", "float": "a number", "string_to_bool": "true or false"}.get(name, "text")
-    if action.choices:
-        shown = [getattr(c, "value", c) for c in action.choices]
-        what = "one of " + ", ".join(map(str, shown[:8])) + (", ..." if len(shown) > 8 else "")
-    many = action.nargs in ("+", "*")
-    if isinstance(value, list) and not many:
-        return f"must be {what}, not a list"
-    for v in (value if isinstance(value, list) else [value]):
-        if v is None:
-            if action.default is not None and _converts(conv, "none") != (True, None):
-                return f"must be {what}, not null"
-            continue
-        if isinstance(v, (dict, list)):
-            return f"must be {what}, got {type(v).__name__}"
-        if isinstance(v, str):
-            ok, converted = _converts(conv, v)
-        elif name == "int":
-            ok, converted = _is_int(v), v
-        elif name == "float":
-            ok, converted = _is_num(v), v
-        elif name == "string_to_bool":
-            ok, converted = isinstance(v, bool), v
-        else:
-            ok, converted = _converts(conv, str(v).lower() if isinstance(v, bool) else str(v))
-        if ok and action.choices and converted not in action.choices:
-            ok = False
-        if not ok:
-            return f"must be {what}, got {v!r}"
-    return None
-
-
 def _check_knobs(knobs: Mapping[str, Any], known: Mapping[str, Any], path: Path, lines: dict, prefix: tuple,
                  what: str, allow_run_id: bool = False, axis: bool = False) -> None:
     """Keys must be SFT config fields; the common knobs' values are checked here (with ``axis``,
@@ -222,7 +177,7 @@ def _check_knobs(knobs: Mapping[str, Any], known: Mapping[str, Any], path: Path,
                 bad = f"{key} must be an integer"
             if bad:
                 raise UserError(f"{bad}, got {v!r}", path, where)
-            problem = _type_problem(known[key], v)
+            problem = config_value_problem(known[key], v)
             if problem:
                 raise UserError(f"{key} {problem}", path, where)
 
@@ -317,7 +272,7 @@ def load_sweep_config(path: str | os.PathLike, output_dir: str | os.PathLike | N
         if key not in known:
             raise UserError(f'unknown key "{key}" (not a SelfRecDataArguments, SFTConfig, ModelConfig or '
                             'EvalHookArguments field)', base_path, base_lines.get((key,)))
-        problem = _type_problem(known[key], base_cfg[key])
+        problem = config_value_problem(known[key], base_cfg[key])
         if problem:
             raise UserError(f"{key} {problem}", base_path, base_lines.get((key,)))
     _check_knobs(overrides, known, path, lines, ov_prefix, "base.overrides")
