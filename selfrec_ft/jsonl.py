@@ -1,12 +1,18 @@
 """JSON-lines I/O: line-numbered validation, crash-safe appends and atomic writes.
 
 Long jobs (generation, evaluation, sweeps) append rows with :class:`JsonlAppender`: each batch is
-written as complete lines in a single ``write`` followed by ``fsync``, and a partial line left by a
-kill is dropped the next time the file is opened, so a rerun neither loses nor duplicates rows.
+written as complete lines in a single ``write`` followed by ``fsync``. When the file is opened again,
+a last line without its newline is kept (and given its newline) when it is a complete JSON object — a
+hand-edited file often lacks the final newline — and dropped only when it does not parse (a line cut
+short by a kill or a full disk), so a rerun neither loses nor duplicates rows.
+
+Text is read through :mod:`selfrec_ft.files` (UTF-8, a byte-order mark accepted, a bad byte named by
+file and line); a write that fails raises a one-line ``UserError`` naming the path and the reason.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -15,6 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from selfrec_ft.errors import UserError
+from selfrec_ft.files import (
+    REPLACED_WHOLE,
+    current_umask,
+    decode_utf8,
+    ensure_dir,
+    iter_text_lines,
+    open_input,
+    writing,
+)
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
@@ -33,55 +48,114 @@ def iter_jsonl(
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError("file not found", path)
-    with open(path, encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"malformed JSON ({exc.msg})", path, lineno) from None
-            if not isinstance(obj, dict):
-                raise UserError("expected a JSON object", path, lineno)
-            for field, ftype in (required or {}).items():
-                if field not in obj:
-                    raise UserError(f'missing field "{field}"', path, lineno)
-                if not isinstance(obj[field], ftype) or isinstance(obj[field], bool) and bool not in (
-                    ftype if isinstance(ftype, tuple) else (ftype,)
-                ):
-                    raise UserError(
-                        f'field "{field}" must be {_type_name(ftype)}, got {type(obj[field]).__name__}',
-                        path,
-                        lineno,
-                    )
-            yield lineno, obj
+        raise UserError("file not found" if not path.exists() else "not a file", path)
+    for lineno, raw in iter_text_lines(path):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"malformed JSON ({exc.msg})", path, lineno) from None
+        if not isinstance(obj, dict):
+            raise UserError("expected a JSON object", path, lineno)
+        for field, ftype in (required or {}).items():
+            if field not in obj:
+                raise UserError(f'missing field "{field}"', path, lineno)
+            if not isinstance(obj[field], ftype) or isinstance(obj[field], bool) and bool not in (
+                ftype if isinstance(ftype, tuple) else (ftype,)
+            ):
+                raise UserError(
+                    f'field "{field}" must be {_type_name(ftype)}, got {type(obj[field]).__name__}',
+                    path,
+                    lineno,
+                )
+        yield lineno, obj
+
+
+def _complete_object(line: bytes) -> dict | None:
+    """The JSON object ``line`` (no newline) holds, or None: a line cut short never is one."""
+    try:
+        obj = json.loads(line.decode("utf-8").lstrip("\ufeff"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _tail(path: Path, block: int = 1 << 16) -> tuple[int, bytes]:
+    """``(offset, bytes)`` of what follows the last newline of ``path`` (empty when it ends in one)."""
+    with open(path, "rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        pos, tail = size, b""
+        while pos > 0:
+            step = min(block, pos)
+            pos -= step
+            fh.seek(pos)
+            tail = fh.read(step) + tail
+            cut = tail.rfind(b"\n")
+            if cut >= 0:
+                return pos + cut + 1, tail[cut + 1:]
+        return 0, tail
+
+
+def repair_tail(path: str | os.PathLike) -> str | None:
+    """Make ``path`` end with a newline: a last line that is a complete JSON object gets its newline
+    (``"completed"``); one that does not parse — a write cut short — is truncated (``"dropped"``);
+    ``None`` when there was nothing to do (or no file). The file is opened for writing only then."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    offset, tail = _tail(path)
+    if not tail:
+        return None
+    with writing(path), open(path, "r+b") as fh:
+        if _complete_object(tail) is not None:
+            fh.seek(0, os.SEEK_END)
+            fh.write(b"\n")
+            action = "completed"
+        else:
+            fh.truncate(offset)
+            action = "dropped"
+        fh.flush()
+        os.fsync(fh.fileno())
+    return action
 
 
 def read_jsonl_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of a file written by :class:`JsonlAppender`; a missing file is empty.
 
-    A trailing line without its newline (a write cut short by a kill) is ignored; any other
-    malformed line is an error.
+    A last line without its newline counts when it is a complete JSON object and is ignored
+    otherwise (a write cut short by a kill, perhaps inside a multi-byte character:
+    :class:`JsonlAppender` drops it on opening); any other malformed line is an error naming the
+    file and line.
     """
     path = Path(path)
     if not path.exists():
         return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
     rows = []
-    for lineno, raw in enumerate(data[:end].decode("utf-8").splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            rows.append(json.loads(raw))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"malformed JSON ({exc.msg})", path, lineno) from None
+    with open_input(path) as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.endswith(b"\n"):  # the last line, without its newline
+                obj = _complete_object(raw)
+                if obj is not None:
+                    rows.append(obj)
+                break
+            text = decode_utf8(raw, path, lineno)
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"malformed JSON ({exc.msg})", path, lineno) from None
+            if not isinstance(obj, dict):
+                raise UserError("expected a JSON object", path, lineno)
+            rows.append(obj)
     return rows
 
 
 class JsonlAppender:
-    """Append complete JSON lines durably; see the module docstring."""
+    """Append complete JSON lines durably; see the module docstring. An ``OSError`` (a directory in
+    the way, permission denied, disk full) is a one-line ``UserError`` naming the file; what was
+    written before stays, so the job resumes once the cause is fixed."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -95,14 +169,12 @@ class JsonlAppender:
         self.close()
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            data = self.path.read_bytes()
-            end = data.rfind(b"\n") + 1
-            if end != len(data):  # a partial last line from an interrupted write
-                with open(self.path, "r+b") as fh:
-                    fh.truncate(end)
-        self._fh = open(self.path, "ab")
+        ensure_dir(self.path.parent, for_file=self.path)
+        with writing(self.path):
+            if self.path.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "Is a directory", os.fspath(self.path))
+            repair_tail(self.path)
+            self._fh = open(self.path, "ab")
 
     def append(self, rows: Iterable[Mapping[str, Any]]) -> int:
         lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
@@ -110,32 +182,44 @@ class JsonlAppender:
             return 0
         if self._fh is None:
             self.open()
-        self._fh.write("".join(lines).encode("utf-8"))
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        with writing(self.path):
+            self._fh.write("".join(lines).encode("utf-8"))
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
         return len(lines)
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            try:
+                fh.close()
+            except OSError:
+                pass  # every append was flushed and synced: nothing is lost
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (the old file stays
+    whole if anything fails). The file gets the user's umask (or keeps the mode of the file it
+    replaces); a failure is a one-line ``UserError`` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    ensure_dir(path.parent, for_file=path)
+    with writing(path, full_note=REPLACED_WHOLE):
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", os.fspath(path))
+        # mkstemp makes the file 0600: give it the mode of the file it replaces, else the umask's
+        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~current_umask()
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                os.fchmod(fh.fileno(), mode)
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -163,7 +163,8 @@ def _articles_rows(n_articles, seed=0):
     rows = []
     for i in range(n_articles):
         for o in ("X", "Y"):
-            rows += pair("recognition", f"a{i}", o, rng.uniform(0.05, 0.95, 2), rng.uniform(0.05, 0.95, 2))
+            # halved: two option probabilities of one softmax sum to at most 1 (larger rows are invalid)
+            rows += pair("recognition", f"a{i}", o, rng.uniform(0.05, 0.95, 2) / 2, rng.uniform(0.05, 0.95, 2) / 2)
     return rows
 
 
@@ -211,8 +212,9 @@ def test_kendall_tau_on_pairs_valid_in_both():
     rng = np.random.default_rng(3)
     rows, rec, pref = [], {}, {}
     for i in range(12):
-        f, b = rng.uniform(0.05, 0.95, 2), rng.uniform(0.05, 0.95, 2)
-        g, c = rng.uniform(0.05, 0.95, 2), rng.uniform(0.05, 0.95, 2)
+        # halved: two option probabilities of one softmax sum to at most 1 (larger rows are invalid)
+        f, b = rng.uniform(0.05, 0.95, 2) / 2, rng.uniform(0.05, 0.95, 2) / 2
+        g, c = rng.uniform(0.05, 0.95, 2) / 2, rng.uniform(0.05, 0.95, 2) / 2
         rows += pair("recognition", f"a{i}", "X", f, b) + pair("preference", f"a{i}", "X", g, c)
         rec[i], pref[i] = expected_score(f, b), expected_score(g, c)
     # a pair invalid in preference only is excluded from tau

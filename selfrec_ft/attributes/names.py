@@ -68,6 +68,9 @@ def property_name(ref: str | int) -> str:
         return ref
     if ref in BY_SLUG:
         return BY_SLUG[ref]
-    close = difflib.get_close_matches(str(ref), list(BY_SLUG) + list(PROPERTY_NAMES), n=3)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    # a property is suggested once, by its slug, however many of its spellings are close
+    # ("lengthy" is both a slug and a name; "use complex word usage ..." is "complex_language")
+    close = difflib.get_close_matches(str(ref), list(dict.fromkeys([*BY_SLUG, *PROPERTY_NAMES])), n=6)
+    slugs = list(dict.fromkeys(PROPERTY_SLUGS.get(c, c) for c in close))[:3]
+    hint = f"; did you mean {', '.join(repr(c) for c in slugs)}?" if slugs else ""
     raise UserError(f"unknown P2 property {ref!r}{hint}")

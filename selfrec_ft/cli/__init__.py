@@ -3,7 +3,8 @@
 Building the parser imports no heavy module (torch, transformers, trl, scipy, ...): command modules
 read their choices and defaults from :mod:`selfrec_ft.defaults` and import what they run inside
 their run functions. ``selfrec train``, ``selfrec dpo`` and ``selfrec sweep`` hand their arguments
-to the recipes' entry points in :mod:`selfrec_ft.scripts`.
+to the recipes' entry points in :mod:`selfrec_ft.scripts`. A bad argument is one line (``error: ...
+(see: selfrec CMD --help)``) and exit status 2, like every other user mistake.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import importlib
 import sys
 
-from selfrec_ft.cli.common import run_main
+from selfrec_ft.cli.common import ArgumentParser, run_main
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main", "run_main"]
 
@@ -32,7 +33,7 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="selfrec",
         description="Fine-tune LLM evaluators' self-recognition and measure their self-preference.",
     )
@@ -44,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # name the subcommand's help, not the top level's
+        sub = " ".join(filter(None, (args.command, getattr(args, "corpus_command", None))))
+        parser.exit(2, f"error: unrecognized arguments: {' '.join(extra)} (see: {parser.prog} {sub} --help)\n")
     rc = run_main(args.func, args)
     if "torch.distributed" in sys.modules:  # e.g. `accelerate launch -m selfrec_ft eval ...`
         from selfrec_ft.training.teardown import end_distributed

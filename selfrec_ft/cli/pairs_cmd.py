@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from selfrec_ft.cli.common import split_list
+from selfrec_ft.cli.common import int_at_least, split_list
 from selfrec_ft.defaults import DEFAULT_PRESET, LABEL_STRATEGIES
+from selfrec_ft.errors import UserError
 
 
 def _pairs(args) -> int:
@@ -13,6 +14,8 @@ def _pairs(args) -> int:
     from selfrec_ft.jsonl import atomic_write_text
     from selfrec_ft.pairs.build import build_pairwise_dataset
 
+    if args.max_length is not None and not args.tokenizer:
+        raise UserError("--max-length needs --tokenizer (the tokens are counted with it)")
     tokenizer = None
     if args.tokenizer:
         from selfrec_ft.models.loading import load_tokenizer
@@ -27,6 +30,9 @@ def _pairs(args) -> int:
     print(f"wrote {stats.rows} rows ({stats.articles} articles x {len(stats.by_source)} other sources x 2 orders) "
           f"to {args.out}; labels {labels}; shortened {stats.shortened}"
           + (f"; skipped {stats.skipped_missing} pairs with a missing summary" if stats.skipped_missing else ""))
+    options = " / ".join(repr(o) for o in stats.options)
+    print(f"answer options {options}: " + ("each one token for this tokenizer" if stats.options_checked else
+          "not checked to be single tokens (no --tokenizer); eval and training check them"))
     return 0
 
 
@@ -35,14 +41,15 @@ def register(sub) -> None:
     p.add_argument("--corpus", required=True)
     p.add_argument("--self-source", required=True, help="the evaluator's own source name")
     p.add_argument("--others", help="comma-separated other sources (default: all others)")
-    p.add_argument("--n-articles", type=int, required=True, help="use the first N articles")
+    p.add_argument("--n-articles", type=int_at_least(1), required=True, help="use the first N articles")
     p.add_argument("--labels", default="self", choices=LABEL_STRATEGIES)
     p.add_argument("--flip-fraction", type=float, help="mix self/other labels: this fraction gets 'other'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt-preset", default=DEFAULT_PRESET, help="preset name or YAML template file")
     p.add_argument("--question", choices=("recognition", "own"), default="recognition",
                    help="control strategies: ask the recognition question or their own (longer/vowels/readable)")
-    p.add_argument("--tokenizer", help="tokenizer (model dir) used to shorten articles to --max-length")
-    p.add_argument("--max-length", type=int, help="token budget of prompt + answer (needs --tokenizer)")
+    p.add_argument("--tokenizer", help="tokenizer (model dir): checks that each answer option is one token, "
+                   "as eval does, and shortens articles to --max-length")
+    p.add_argument("--max-length", type=int_at_least(2), help="token budget of prompt + answer (needs --tokenizer)")
     p.add_argument("--out", required=True, help="output JSONL file")
     p.set_defaults(func=_pairs)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from selfrec_ft.errors import UserError
+from selfrec_ft.files import ensure_dir
 from selfrec_ft.jsonl import atomic_write_text, iter_jsonl
 
 from selfrec_ft.defaults import ARTICLES_FILE, SUMMARIES_FILE  # noqa: F401
@@ -246,8 +247,7 @@ def load_hf_corpus(name: str, config: str | None = None, split: str = "train", *
 def write_corpus(corpus: Corpus, path: str | os.PathLike) -> Path:
     import json
 
-    root = Path(path)
-    root.mkdir(parents=True, exist_ok=True)
+    root = ensure_dir(path)  # a file in the way or no permission: one line naming the path
     atomic_write_text(
         root / ARTICLES_FILE,
         "".join(json.dumps({"id": a.id, "article": a.text}, ensure_ascii=False) + "\n" for a in corpus.articles),

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 from selfrec_ft.data.corpus import Article, Corpus
+from selfrec_ft.errors import UserError
 
 from selfrec_ft.defaults import GENERATION_DOMAINS as DOMAINS  # noqa: E402
 
@@ -181,6 +182,8 @@ def synth_corpus(domain: str, n: int, seed: int = 0, id_prefix: str | None = Non
     """A synthetic corpus of ``n`` articles with ``human`` and ``lead`` summaries."""
     if domain not in DOMAINS:
         raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UserError(f"the number of articles must be at least 1, got {n}")
     rng = random.Random(f"{domain}-{seed}")
     prefix = id_prefix if id_prefix is not None else f"{domain}-{seed}-"
     articles, human, lead = [], {}, {}

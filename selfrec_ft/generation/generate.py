@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from selfrec_ft.data.corpus import SUMMARIES_FILE, Corpus, load_corpus
 from selfrec_ft.errors import UserError
 from selfrec_ft.generation.clean import DOMAINS, clean_summary
-from selfrec_ft.jsonl import JsonlAppender, read_jsonl_rows
+from selfrec_ft.jsonl import JsonlAppender, read_jsonl_rows, repair_tail
 from selfrec_ft.prompts.templates import DEFAULT_PRESET, load_preset, render_generation_prompt
 
 CANDIDATES_FILE = "candidates.jsonl"
@@ -284,10 +284,9 @@ def generate_summaries(
     if isinstance(corpus_dir_or_corpus, Corpus):
         corpus = corpus_dir_or_corpus
     else:
-        summaries_file = Path(corpus_dir_or_corpus) / SUMMARIES_FILE
-        if summaries_file.is_file():  # drop a partial last line left by a killed run before parsing
-            with JsonlAppender(summaries_file):
-                pass
+        # before parsing: a last line cut short by a killed run is dropped, a whole one without its
+        # newline (a hand-edited file) gets its newline
+        repair_tail(Path(corpus_dir_or_corpus) / SUMMARIES_FILE)
         corpus = load_corpus(corpus_dir_or_corpus)
     if out is None:
         if corpus.path is None:
@@ -321,6 +320,8 @@ def generate_summaries(
                 jobs.append((art, k))
     if not jobs:
         return result
+    with JsonlAppender(out_path):  # an output that cannot be written fails now (one line), not after loading
+        pass
 
     from selfrec_ft.models.loading import load_model, load_tokenizer
 
@@ -339,13 +340,19 @@ def generate_summaries(
         model, tokenizer = load_model(model_or_path, dtype=dtype or ("bfloat16" if use_cuda else "float32"),
                                       device=device)
         generator = HFGenerator(model, tokenizer)
+    given = max_length is not None
     if max_length is None and backend == "hf":
         max_length = getattr(generator.model.config, "max_position_embeddings", None)
-    prompt_budget = None if max_length is None else max_length - max_new_tokens
-    if prompt_budget is not None and prompt_budget < 1:
-        raise UserError(f"max_length {max_length} leaves no room for a prompt with max_new_tokens {max_new_tokens}")
-
     template = load_preset(prompt_preset).task(f"generate-{domain}")
+    prompt_budget = None if max_length is None else max_length - max_new_tokens
+    if prompt_budget is not None:
+        # the error names the value the user gave (or the model's context), not the prompt budget
+        what = f"max_length {max_length}" + ("" if given else " (the model's context length)")
+        need = len(render_generation_prompt(tokenizer, template, None, article="")[0])
+        if prompt_budget < need:
+            raise UserError(f"{what} leaves {max(prompt_budget, 0)} tokens for the prompt after max_new_tokens "
+                            f"{max_new_tokens}, but the {template.name!r} prompt needs {need} even with an empty "
+                            f"article: raise max_length to at least {need + max_new_tokens} or lower max_new_tokens")
     prompts: dict[str, list[int]] = {}
     for art in {a.id: a for a, _ in jobs}.values():
         prompts[art.id], shortened = render_generation_prompt(tokenizer, template, prompt_budget, article=art.text)

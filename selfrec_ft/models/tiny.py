@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from selfrec_ft.files import apply_umask, ensure_dir, writing
+
 LLAMA2_CHAT_TEMPLATE = (
     "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
     "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
@@ -116,8 +118,7 @@ def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, size: str = "tiny
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}")
     spec = SIZES[size]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(out_dir)
     tokenizer = build_tokenizer(spec.vocab_size, spec.n_tokenizer_articles)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -139,6 +140,13 @@ def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, size: str = "tiny
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, do_sample=False,
     )
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    from safetensors import SafetensorError
+
+    before = {f: f.stat().st_mtime_ns for f in out.iterdir()}
+    # a file in the way, no permission, disk full: one line naming the directory
+    with writing(out, also=(SafetensorError,), full_note="free space and rerun"):
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+    # safetensors writes model.safetensors 0600: the files written get the user's umask instead
+    apply_umask(*(f for f in out.iterdir() if f.is_file() and before.get(f) != f.stat().st_mtime_ns))
     return out

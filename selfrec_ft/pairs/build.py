@@ -6,6 +6,14 @@ system and user messages, ``completion`` one assistant message with the answer (
 training assistant prefix). Metadata columns: ``article_id``, ``other_source``, ``self_position``,
 ``label``. Evaluation uses only the held-out articles after the first N (:func:`heldout_article_ids`).
 
+The completion is the template's option for the labelled position
+(:meth:`~selfrec_ft.prompts.templates.TaskTemplate.answer_option`: a preset whose options are
+``A``/``B`` trains on ``A``/``B``, the tokens evaluation and the training hook read); ``label`` holds
+that option. The preset is checked as every command checks it when it loads; with a tokenizer the
+options are also checked to be single tokens exactly as scoring checks them
+(:func:`~selfrec_ft.prompts.templates.check_options`), otherwise ``PairsStats.options_checked`` is
+False and only eval (or SFT, which has the tokenizer) will catch a multi-token option.
+
 Under ``length``/``vowelcount``/``readability`` a pair whose two summaries tie on the property has no
 label; with ``label_ties="drop"`` (default) its rows are left out and counted in
 :attr:`PairsStats.ties_dropped` (``position1`` labels them "1", see :mod:`selfrec_ft.pairs.labels`).
@@ -16,7 +24,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from selfrec_ft.data.corpus import Corpus
+from selfrec_ft.data.corpus import ARTICLES_FILE, Corpus
 from selfrec_ft.errors import UserError
 from selfrec_ft.pairs.labels import (
     CONTROL_QUESTIONS,
@@ -26,7 +34,7 @@ from selfrec_ft.pairs.labels import (
     STRATEGIES,
     assign_labels,
 )
-from selfrec_ft.prompts.templates import DEFAULT_PRESET, fit_messages, load_preset
+from selfrec_ft.prompts.templates import DEFAULT_PRESET, check_options, fit_messages, load_preset
 
 
 @dataclass
@@ -45,6 +53,8 @@ class PairsStats:
     label_ties: str = DEFAULT_LABEL_TIES
     ties: int = 0
     ties_dropped: int = 0
+    options: list[str] = field(default_factory=list)
+    options_checked: bool = False
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -93,14 +103,19 @@ def build_pairwise_dataset(
 
     ``question`` is ``recognition`` (the recognition prompt, whatever the labels) or ``own`` (a
     control strategy asks its own question: which is longer / has more vowels / is more readable).
-    With a ``tokenizer`` and ``max_length`` the article is shortened to fit (never a summary).
+    With a ``tokenizer`` the options are checked to be single tokens (as scoring checks them), and
+    with ``max_length`` too the article is shortened to fit (never a summary).
     """
     import datasets
 
     if labels not in STRATEGIES and labels != "flip":
         raise UserError(f"unknown label strategy {labels!r}; use one of {', '.join(STRATEGIES)}")
+    if not corpus.articles:
+        where = corpus.path / ARTICLES_FILE if corpus.path is not None else None
+        raise UserError("the corpus is empty: it has no articles to build pairs from", where)
     if n_articles < 1 or n_articles > len(corpus.articles):
-        raise UserError(f"n_articles must be between 1 and {len(corpus.articles)}, got {n_articles}")
+        raise UserError(f"n_articles must be between 1 and {len(corpus.articles)} (the corpus's articles), "
+                        f"got {n_articles}")
     corpus.require_sources([self_source])
     others = list(others) if others else default_others(corpus, self_source)
     corpus.require_sources(others)
@@ -112,6 +127,8 @@ def build_pairwise_dataset(
         raise UserError(f"question must be 'recognition' or 'own', got {question!r}")
     template_name = CONTROL_QUESTIONS.get(labels, "pairwise-recognition") if question == "own" else "pairwise-recognition"
     template = load_preset(preset).task(template_name)
+    if tokenizer is not None:
+        check_options(tokenizer, template)
 
     ids = [a.id for a in corpus.train_articles(n_articles)]
     rows, skipped = pair_rows(corpus, self_source, others, ids)
@@ -120,7 +137,8 @@ def build_pairwise_dataset(
                                    ties=label_ties)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    stats = PairsStats(articles=len(ids), skipped_missing=skipped, label_ties=label_ties)
+    stats = PairsStats(articles=len(ids), skipped_missing=skipped, label_ties=label_ties,
+                       options=list(template.options), options_checked=tokenizer is not None)
     if labels in MEASURED_STRATEGIES and flip_fraction is None:
         tied = [lab is None for lab in label_list]
         if label_ties == "position1":  # recompute which rows tied: they were labelled 1
@@ -136,11 +154,12 @@ def build_pairwise_dataset(
         messages, shortened = fit_messages(tokenizer, template, max_length, **values)
         stats.shortened += shortened
         records["prompt"].append(messages)
-        records["completion"].append([{"role": "assistant", "content": template.train_assistant_prefix + str(label)}])
+        answer = template.answer_option(label)
+        records["completion"].append([{"role": "assistant", "content": template.train_assistant_prefix + answer}])
         records["article_id"].append(row["article_id"])
         records["other_source"].append(row["other_source"])
         records["self_position"].append(row["self_position"])
-        records["label"].append(str(label))
+        records["label"].append(answer)
     stats.rows = len(kept)
     stats.labels = dict(sorted(Counter(records["label"]).items()))
     stats.by_source = dict(Counter(records["other_source"]))

@@ -1,8 +1,12 @@
 """Recognition, preference and individual-setting metrics from scoring rows (PROTOCOL.md §3).
 
 Everything is recomputed from each row's raw option probabilities ``probs``; no stored score is
-trusted. A row whose option mass is non-finite or not positive (or has a non-finite or negative
-probability) is invalid; it is excluded, and counted. Intervals are article-clustered bootstraps
+trusted. ``probs`` are softmax probabilities over the whole vocabulary, so a row is invalid —
+excluded, and counted — when its option mass is non-finite or not positive, or a probability is
+non-finite, negative or above 1, or the probabilities sum to more than 1 (both up to
+:data:`PROB_TOLERANCE`): such numbers are not probabilities (logits, percentages, a corrupted file),
+and normalising them would give a plausible-looking but meaningless score. :func:`probs_problem`
+says what is wrong with a row; the report counts out-of-range rows in a note. Intervals are article-clustered bootstraps
 (:mod:`selfrec_ft.stats`); a mean over fewer than :data:`~selfrec_ft.stats.MIN_CLUSTERS_CI` (5)
 articles gets ``ci95: null`` and a ``ci_note`` saying why. Accuracy counts a score within
 :data:`TIE_TOLERANCE` of 0.5 as half right (identical distributions in both orders give exactly ½
@@ -41,6 +45,8 @@ POSITION_BIAS_THRESHOLD = 0.8
 """A task is flagged ``position_biased`` when always-1 or always-2 reaches this fraction."""
 TIE_TOLERANCE = 1e-9
 """A score with |score − 0.5| ≤ this is a tie: it counts ½ in accuracy."""
+PROB_TOLERANCE = 1e-6
+"""Rounding allowed above 1 for a probability and for the sum of a row's option probabilities."""
 
 
 # ----------------------------------------------------------------------------- single rows
@@ -52,15 +58,41 @@ def _num(x: Any) -> float:
     return float(x)
 
 
+def probs_problem(probs: Mapping[str, Any]) -> str | None:
+    """Why raw option probabilities cannot be used, or None: ``"no options"``, ``"non-finite
+    probability"``, ``"negative probability"``, ``"probability above 1"``, ``"probabilities sum
+    above 1"`` (the last two up to :data:`PROB_TOLERANCE`) or ``"zero option mass"``."""
+    raw = [_num(p) for p in probs.values()]
+    if not raw:
+        return "no options"
+    if any(not math.isfinite(p) for p in raw):
+        return "non-finite probability"
+    if any(p < 0 for p in raw):
+        return "negative probability"
+    if any(p > 1 + PROB_TOLERANCE for p in raw):
+        return "probability above 1"
+    mass = sum(raw)
+    if mass > 1 + PROB_TOLERANCE:
+        return "probabilities sum above 1"
+    if not mass > 0:
+        return "zero option mass"
+    return None
+
+
+def out_of_range(probs: Mapping[str, Any] | None) -> bool:
+    """True for probabilities above 1 or summing above 1 (not a softmax over the vocabulary)."""
+    return bool(probs) and probs_problem(probs) in ("probability above 1", "probabilities sum above 1")
+
+
 def normalise(probs: Mapping[str, Any]) -> tuple[dict[str, float], float]:
     """``(p_hat, mass)``: p̂(o) = p(o) / Σ p(o'), and the option mass Σ p(o').
 
-    For an invalid row (mass non-finite or ≤ 0, or any p non-finite or negative) every p̂ is NaN;
-    test with :func:`is_valid`.
+    For an invalid row (:func:`probs_problem`: mass non-finite or ≤ 0, a p non-finite, negative or
+    above 1, or Σp above 1) every p̂ is NaN; test with :func:`is_valid`.
     """
     raw = {str(o): _num(p) for o, p in probs.items()}
     mass = float(sum(raw.values())) if raw else math.nan
-    if not (math.isfinite(mass) and mass > 0) or any(not (p >= 0) for p in raw.values()):
+    if probs_problem(probs) is not None:
         return {o: math.nan for o in raw}, mass
     return {o: p / mass for o, p in raw.items()}, mass
 
@@ -131,6 +163,7 @@ def pairwise_scores(rows: Iterable[Mapping[str, Any]], task: str) -> list[dict[s
             "fwd_self_option": None,
             "bwd_self_option": None,
             "option_mass": None,
+            "options": None,
             "invalid_rows": 0,
             "reason": None,
         }
@@ -141,6 +174,8 @@ def pairwise_scores(rows: Iterable[Mapping[str, Any]], task: str) -> list[dict[s
                 reasons.append(f"missing {order} order")
                 continue
             p_hat, mass = normalise(r["probs"])
+            if d["options"] is None:
+                d["options"] = [str(o) for o in (r.get("options") or r["probs"])]
             so = str(r["self_option"])
             d[f"{tag}_self_option"] = so
             d[f"{tag}_answer"] = answer(r["probs"])
@@ -148,7 +183,7 @@ def pairwise_scores(rows: Iterable[Mapping[str, Any]], task: str) -> list[dict[s
                 masses.append(mass)
             if not is_valid(p_hat):
                 d["invalid_rows"] += 1
-                reasons.append(f"{order} row has invalid option mass")
+                reasons.append(f"{order} row: {probs_problem(r['probs']) or 'invalid option mass'}")
             elif so not in p_hat:
                 reasons.append(f"{order} self_option {so!r} is not an option")
             else:
@@ -203,7 +238,9 @@ def position_table(scores: Sequence[Mapping[str, Any]]) -> dict[str, float | Non
     """Fractions of valid pairs by their two argmax answers (PROTOCOL.md §3 position-bias table).
 
     consistent_self: both answers pick the self option; consistent_other: both pick the other
-    option; always_1 / always_2: both answers "1" / "2". A tied argmax is in none of them.
+    option; always_1 / always_2: both answers are the first / second option (``"1"`` / ``"2"``;
+    for other options, their order in the row's ``options`` or ``probs``). A tied argmax is in none
+    of them.
     """
     valid = [s for s in scores if s["valid"]]
     if not valid:
@@ -217,9 +254,10 @@ def position_table(scores: Sequence[Mapping[str, Any]]) -> dict[str, float | Non
             counts["consistent_self"] += 1
         if fa != s["fwd_self_option"] and ba != s["bwd_self_option"]:
             counts["consistent_other"] += 1
-        if fa == "1" and ba == "1":
+        first, second = (s.get("options") or ["1", "2"])[:2]
+        if fa == first and ba == first:
             counts["always_1"] += 1
-        if fa == "2" and ba == "2":
+        if fa == second and ba == second:
             counts["always_2"] += 1
     return {k: v / len(valid) for k, v in counts.items()}
 
@@ -303,7 +341,8 @@ def individual_values(rows: Iterable[Mapping[str, Any]], task: str) -> list[dict
         if probs is None:
             v = _num(r.get("value"))
             d["value_origin"] = r.get("value_origin", "value")
-            if math.isfinite(v):
+            in_range = 0 <= v <= 1 + PROB_TOLERANCE if full == "individual-recognition" else True
+            if math.isfinite(v) and in_range:
                 d["value"], d["valid"] = v, True
         else:
             p_hat, mass = normalise(probs)
@@ -435,6 +474,14 @@ def _notes(report: Mapping[str, Any], self_sources: list) -> list[str]:
     return notes
 
 
+def _range_note(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    bad = sum(1 for r in rows if out_of_range(r.get("probs")))
+    if not bad:
+        return None
+    return (f"{bad} row(s) have option probabilities above 1 or summing above 1 (not softmax probabilities: "
+            "logits, percentages or a corrupted file?); they are counted as invalid and left out.")
+
+
 def compute_report(
     rows: Iterable[Mapping[str, Any]], seed: int = 0, n_resamples: int = 2000, by_domain: bool = True
 ) -> dict[str, Any]:
@@ -472,6 +519,9 @@ def compute_report(
     self_sources = sorted({str(r.get("self_source")) for r in rows})
     domains = list(dict.fromkeys(r.get("domain") for r in rows))
     report["notes"] = _notes(report, self_sources)
+    range_note = _range_note(rows)
+    if range_note:
+        report["notes"].append(range_note)
     report["meta"] = {
         "n_rows": len(rows),
         "rows_per_task": {t: sum(1 for r in rows if r["task"] == t) for t in sorted(KNOWN_TASKS)

@@ -23,6 +23,14 @@ Two input formats:
   file's own order (P1's article order; P1 trained on the first 2, 10 or 500). P1's
   ``ground_truth`` field is never read (it is 0 for every row of the fine-tuned files).
 
+  P1's files hold softmax probabilities (every one of the six released files: each p in [0, 1],
+  Σp ≤ 0.99999): a probability outside [0, 1], option probabilities summing above 1, or a
+  ``recognition_score`` outside [0, 1] is an **error** at its file and line — such a file is not P1's
+  probabilities (logits? percentages?), and every number computed from it would be off. In the
+  ``selfrec`` format the same rows are **invalid rows**, counted and left out like rows without
+  option mass (the rule of :mod:`selfrec_ft.scoring.metrics`, which the training hook and sweeps
+  apply too), and the report says how many there were.
+
   The stored scalars ``detection_score``, ``self_preference`` and ``score`` are never read: the
   authors computed them inconsistently (PROTOCOL.md §3). P1's pairwise GPT-3.5/GPT-4 files hold
   only argmax answers and those scalars, no per-order probabilities, so they are refused with one
@@ -41,8 +49,16 @@ from pathlib import Path
 from typing import Any
 
 from selfrec_ft.errors import UserError
+from selfrec_ft.files import read_text
 from selfrec_ft.jsonl import iter_jsonl
-from selfrec_ft.scoring.metrics import INDIVIDUAL_TASKS, ORDERS, PAIRWISE_TASKS, compute_report
+from selfrec_ft.scoring.metrics import (
+    INDIVIDUAL_TASKS,
+    ORDERS,
+    PAIRWISE_TASKS,
+    PROB_TOLERANCE,
+    compute_report,
+    probs_problem,
+)
 
 from selfrec_ft.defaults import REPORT_FORMATS as FORMATS  # noqa: E402
 P1_SOURCE_NAMES = {"llama": "llama2-7b-chat"}
@@ -71,8 +87,8 @@ MIN_CLUSTERS_CI_TEXT = "< 5 articles"
 def _iter_objects(path: Path) -> Iterator[tuple[int, Any]]:
     """``(line, object)`` from a JSON-lines file or a file holding one JSON list."""
     if not path.is_file():
-        raise UserError("file not found", path)
-    text = path.read_text(encoding="utf-8")
+        raise UserError("file not found" if not path.exists() else "not a file", path)
+    text = read_text(path)
     if not text.lstrip().startswith("["):
         for lineno, obj in iter_jsonl(path):
             yield lineno, obj
@@ -109,20 +125,29 @@ def _iter_objects(path: Path) -> Iterator[tuple[int, Any]]:
         raise UserError("malformed JSON list (expected ',' or ']')", path, line_of(pos))
 
 
-def _probs(obj: Any, options: Sequence[str], what: str, path: Path, line: int) -> dict[str, float]:
-    """Validate an option-probability object: exactly ``options``, numbers (null means NaN)."""
+def _probs(obj: Any, options: Sequence[str] | None, what: str, path: Path, line: int,
+           strict: bool = False) -> dict[str, float]:
+    """Validate an option-probability object: exactly ``options`` (any keys when None, in the
+    file's order), numbers (null means NaN). ``strict`` (P1 files): a probability outside [0, 1] or
+    a sum above 1 is an error (see the module docstring); otherwise such a row is left to the
+    metrics, which count it as invalid."""
     if not isinstance(obj, dict):
         raise UserError(f'"{what}" must be an object of option probabilities', path, line)
-    if set(obj) != set(options):
+    if options is not None and set(obj) != set(options):
         raise UserError(f'"{what}" must have options {list(options)}, got {sorted(obj)}', path, line)
     out = {}
-    for o in options:
+    for o in (options if options is not None else list(obj)):
         p = obj[o]
         if p is None:
             p = math.nan
         if isinstance(p, bool) or not isinstance(p, (int, float)):
             raise UserError(f'"{what}"["{o}"] must be a number, got {type(p).__name__}', path, line)
         out[o] = float(p)
+    if strict:
+        problem = probs_problem(out)
+        if problem in ("negative probability", "probability above 1", "probabilities sum above 1"):
+            raise UserError(f'"{what}": {problem} ({", ".join(f"{o}: {p:g}" for o, p in out.items())}): '
+                            "P1's files hold softmax probabilities; this is not one", path, line)
     return out
 
 
@@ -160,7 +185,7 @@ def _p1_rows(obj: Mapping, path: Path, line: int, domain: str | None) -> list[di
         for (task, order), field in P1_PAIRWISE_FIELDS.items():
             if field not in obj:
                 continue
-            probs = _probs(obj[field], ("1", "2"), field, path, line)
+            probs = _probs(obj[field], ("1", "2"), field, path, line, strict=True)
             rows.append({**base, "task": task, "other_source": P1_SOURCE_NAMES.get(other, other),
                          "order": order, "self_option": "1" if order == "forward" else "2",
                          "probs": probs, "option_mass": sum(probs.values())})
@@ -168,13 +193,15 @@ def _p1_rows(obj: Mapping, path: Path, line: int, domain: str | None) -> list[di
     target = _str_field(obj, "target_model", path, line)
     base["target_source"] = P1_SOURCE_NAMES.get(target, target)
     if "scores" in obj:
-        probs = _probs(obj["scores"], SCORE_OPTIONS, "scores", path, line)
+        probs = _probs(obj["scores"], SCORE_OPTIONS, "scores", path, line, strict=True)
         return [{**base, "task": "individual-score", "probs": probs,
                  "option_mass": sum(probs.values())}]
     if "recognition_score" in obj:
         v = obj["recognition_score"]
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise UserError('"recognition_score" must be a number', path, line)
+        if not 0 <= v <= 1 + PROB_TOLERANCE:
+            raise UserError(f'"recognition_score" must be a probability in [0, 1], got {v:g}', path, line)
         return [{**base, "task": "individual-recognition", "probs": None, "value": float(v),
                  "value_origin": "p1:recognition_score"}]
     raise UserError("unrecognised P1 row: expected *_detection_output/*_comparison_output, "
@@ -235,16 +262,24 @@ def read_selfrec_file(path: str | os.PathLike) -> list[dict[str, Any]]:
             if obj.get("order") not in ORDERS:
                 raise UserError(f'field "order" must be one of {list(ORDERS)}', path, line)
             row["self_option"] = _str_field(obj, "self_option", path, line)
-            row["probs"] = _probs(obj.get("probs"), ("1", "2"), "probs", path, line)
+            row["probs"] = _probs(obj.get("probs"), None, "probs", path, line)
+            if len(row["probs"]) != 2:
+                raise UserError(f'"probs" of a pairwise row must have two options, got {list(row["probs"])}',
+                                path, line)
             if row["self_option"] not in row["probs"]:
                 raise UserError(f'"self_option" {row["self_option"]!r} is not an option', path, line)
         elif task in INDIVIDUAL_TASKS.values():
             _str_field(obj, "target_source", path, line)
-            options = ("Yes", "No") if task == "individual-recognition" else SCORE_OPTIONS
+            options = ("Yes", "No")
             if obj.get("probs") is None and "value" in obj:
                 v = obj["value"]
                 if isinstance(v, bool) or not isinstance(v, (int, float)):
                     raise UserError('"value" must be a number', path, line)
+            elif task == "individual-score":
+                row["probs"] = _probs(obj.get("probs"), None, "probs", path, line)
+                if len(row["probs"]) < 2 or not all(o.strip().isdigit() for o in row["probs"]):
+                    raise UserError(f'"probs" of an individual-score row must have integer ratings as options, '
+                                    f'got {list(row["probs"])}', path, line)
             else:
                 row["probs"] = _probs(obj.get("probs"), options, "probs", path, line)
         elif task == "familiarity":

@@ -17,7 +17,10 @@ seed unless the run sets ``label_seed``), or any other field of the recipe's fou
 
 Each run gets a stable ``run_id`` from its knobs (``flip0.25_self_n16_s0``: flip fraction, labels,
 ``n_articles``, seed, then any other knob of the run) and the directory ``SWEEP_DIR/runs/<run_id>``.
-Unknown keys and bad values raise :class:`~selfrec_ft.errors.UserError` naming the file and line.
+Unknown keys and bad values raise :class:`~selfrec_ft.errors.UserError` naming the file and line: every
+knob value (and every key of the base config) is checked against the recipe parser's type for that
+field (an integer, a number, true/false, one of its choices). An empty grid (``grid: {}``) adds no
+runs: with no ``runs`` either it is the "no runs" error, never one run of the base config.
 The names of the sweep directory's files are here too; :mod:`selfrec_ft.sweep.runner` runs a sweep.
 """
 
@@ -32,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selfrec_ft import files
+from selfrec_ft.cli.common import config_value_problem
 from selfrec_ft.defaults import DEFAULT_HOOK_TASKS, GENERATION_TEMPLATES, LABEL_STRATEGIES, TASKS
 from selfrec_ft.errors import UserError
 
@@ -62,34 +67,9 @@ MANAGED_KEYS = ("output_dir",)
 
 
 def load_yaml(path: Path, what: str) -> tuple[Any, dict[tuple, int]]:
-    """``(data, lines)``: the YAML document and the 1-based line of every key path in it."""
-    import yaml
-
-    if not path.is_file():
-        raise UserError(f"{what} not found", path)
-    text = path.read_text(encoding="utf-8")
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = re.sub(r"\s+", " ", str(getattr(exc, "problem", None) or exc)).strip()
-        raise UserError(f"invalid YAML ({problem})", path, mark.line + 1 if mark else None) from None
-    lines: dict[tuple, int] = {}
-
-    def walk(n, prefix: tuple) -> None:
-        lines.setdefault(prefix, n.start_mark.line + 1)
-        if isinstance(n, yaml.MappingNode):
-            for k, v in n.value:
-                lines[prefix + (k.value,)] = k.start_mark.line + 1
-                walk(v, prefix + (k.value,))
-        elif isinstance(n, yaml.SequenceNode):
-            for i, v in enumerate(n.value):
-                walk(v, prefix + (i,))
-
-    if node is not None:
-        walk(node, ())
-    return data, lines
+    """``(data, lines)``: the YAML document and the 1-based line of every key path in it (read as
+    UTF-8 by :func:`selfrec_ft.files.load_yaml`: a bad byte is an error at its line)."""
+    return files.load_yaml(path, what)
 
 
 # ----------------------------------------------------------------------------- config
@@ -167,8 +147,8 @@ def _is_num(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _check_knobs(knobs: Mapping[str, Any], known: set[str], path: Path, lines: dict, prefix: tuple, what: str,
-                 allow_run_id: bool = False, axis: bool = False) -> None:
+def _check_knobs(knobs: Mapping[str, Any], known: Mapping[str, Any], path: Path, lines: dict, prefix: tuple,
+                 what: str, allow_run_id: bool = False, axis: bool = False) -> None:
     """Keys must be SFT config fields; the common knobs' values are checked here (with ``axis``,
     each element of a list value is one alternative), the rest when the run's config is parsed."""
     if not isinstance(knobs, dict):
@@ -197,9 +177,12 @@ def _check_knobs(knobs: Mapping[str, Any], known: set[str], path: Path, lines: d
                 bad = f"{key} must be an integer"
             if bad:
                 raise UserError(f"{bad}, got {v!r}", path, where)
+            problem = config_value_problem(known[key], v)
+            if problem:
+                raise UserError(f"{key} {problem}", path, where)
 
 
-def _expand_grid(grid: Any, path: Path, lines: dict, known: set[str]) -> list[tuple[dict, int | None]]:
+def _expand_grid(grid: Any, path: Path, lines: dict, known: Mapping[str, Any]) -> list[tuple[dict, int | None]]:
     """Grid points ``(knobs, line)``: the cartesian product of a mapping of lists of alternatives (a
     scalar is one alternative; a list-valued field such as ``others`` needs a list of lists), or of
     each mapping of a list of them."""
@@ -208,6 +191,11 @@ def _expand_grid(grid: Any, path: Path, lines: dict, known: set[str]) -> list[tu
     for i, prod in enumerate(products):
         prefix = ("grid", i) if isinstance(grid, list) else ("grid",)
         _check_knobs(prod, known, path, lines, prefix, "grid", axis=True)
+        if not prod:
+            if isinstance(grid, list):
+                raise UserError(f"grid[{i}] is empty: give knobs with lists of values (e.g. flip_fraction: "
+                                "[0, 0.5, 1])", path, lines.get(prefix))
+            return []  # `grid: {}` is no grid (not one run of the base config)
         keys = list(prod)
         axes = [v if isinstance(v, list) else [v] for v in prod.values()]
         for k, axis in zip(keys, axes):
@@ -261,7 +249,7 @@ def load_sweep_config(path: str | os.PathLike, output_dir: str | os.PathLike | N
         data = {}
     _check_keys(data, TOP_KEYS, path, lines, (), "the sweep config")
     parser = sft_parser()
-    known = {a.dest for a in parser._actions} - {"help"}
+    known = {a.dest: a for a in parser._actions if a.dest != "help"}
     defaults = {k: parser.get_default(k) for k in ("labels", "n_articles", "seed", "flip_fraction")}
 
     base = data.get("base")
@@ -284,6 +272,9 @@ def load_sweep_config(path: str | os.PathLike, output_dir: str | os.PathLike | N
         if key not in known:
             raise UserError(f'unknown key "{key}" (not a SelfRecDataArguments, SFTConfig, ModelConfig or '
                             'EvalHookArguments field)', base_path, base_lines.get((key,)))
+        problem = config_value_problem(known[key], base_cfg[key])
+        if problem:
+            raise UserError(f"{key} {problem}", base_path, base_lines.get((key,)))
     _check_knobs(overrides, known, path, lines, ov_prefix, "base.overrides")
 
     points: list[tuple[dict, int | None]] = []
@@ -296,7 +287,9 @@ def load_sweep_config(path: str | os.PathLike, output_dir: str | os.PathLike | N
             _check_knobs(run, known, path, lines, ("runs", i), f"runs[{i}]", allow_run_id=True)
             points.append((dict(run), lines.get(("runs", i))))
     if not points:
-        raise UserError("no runs: give a grid (a product of knob values) and/or a runs list", path)
+        empty = " (the grid is empty)" if data.get("grid") is not None else ""
+        raise UserError(f"no runs{empty}: give a grid (a product of knob values, e.g. flip_fraction: [0, 0.5, 1]) "
+                        "and/or a runs list", path, lines.get(("grid",)))
 
     ev_raw = data.get("eval") or {}
     _check_keys(ev_raw, EVAL_KEYS, path, lines, ("eval",), "eval")
