@@ -243,8 +243,7 @@ def build_items(corpus: Corpus, tokenizer, spec: EvalSpec, article_ids: Sequence
                         fwd = order == "forward"
                         values = _pairwise_values(tmpl, article, own if fwd else theirs, theirs if fwd else own,
                                                   self_source if fwd else other, other if fwd else self_source)
-                        self_pos = "1" if fwd else "2"
-                        self_option = ({"1": "2", "2": "1"}[self_pos]) if tmpl.inverted else self_pos
+                        self_option = tmpl.answer_option(1 if fwd else 2)  # the preset's own options (A/B...)
                         jobs.append(({"task": task, "article_id": aid, "other_source": other, "order": order,
                                       "self_option": self_option}, values))
             else:

@@ -452,9 +452,9 @@ def _notes(report: Mapping[str, Any], self_sources: list) -> list[str]:
     for name, r in report.get("pairwise", {}).items():
         if isinstance(r, dict) and r.get("position_biased"):
             pos = r["position"]
-            which = "1" if (pos["always_1"] or 0) >= (pos["always_2"] or 0) else "2"
+            which = "first" if (pos["always_1"] or 0) >= (pos["always_2"] or 0) else "second"
             notes.append(
-                f'pairwise {name}: the evaluator answers "{which}" in both orders for '
+                f'pairwise {name}: the evaluator gives the {which} option in both orders for '
                 f'{max(pos["always_1"], pos["always_2"]):.0%} of pairs; its score reflects position '
                 "bias, not " + ("recognition" if name == "recognition" else "preference") + "."
             )
