@@ -134,6 +134,18 @@ def test_compact_console_line():
     assert compact_line({"loss": 0.4, "epoch": 1.0}, 64) is None
 
 
+def test_training_log_lines_are_compact_and_other_dicts_untouched():
+    from selfrec_ft.training.console import console_line
+
+    logs = {"loss": 0.4313, "grad_norm": 1.692, "learning_rate": 0.002893, "entropy": 0.3644,
+            "mean_token_accuracy": 0.8145, "num_tokens": 56950.0, "epoch": 0.5}
+    assert console_line(logs, 32) == "step 32 | loss 0.431 | token accuracy 0.815 | grad norm 1.69 | lr 2.89e-03 | epoch 0.50"
+    end = {"train_runtime": 59.89, "train_samples_per_second": 34.2, "train_steps_per_second": 4.275,
+           "train_loss": 0.1059, "epoch": 4.0}
+    assert console_line(end, 256) == "training done in 60 s | 34.2 examples/s | mean loss 0.106"
+    assert console_line({"eval_loss": 0.3, "epoch": 1.0}, 8) is None  # printed by transformers as before
+
+
 def test_the_cpu_only_bitsandbytes_notice_is_dropped_and_nothing_else(monkeypatch):
     import logging
 
