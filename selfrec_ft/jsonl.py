@@ -38,6 +38,17 @@ def _type_name(t: type | tuple[type, ...]) -> str:
     return t.__name__
 
 
+def parse_object_line(text: str, path: str | os.PathLike, lineno: int) -> dict[str, Any]:
+    """One line of a JSONL file as a JSON object, or a :class:`UserError` naming the file and line."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"malformed JSON ({exc.msg})", path, lineno) from None
+    if not isinstance(obj, dict):
+        raise UserError("expected a JSON object", path, lineno)
+    return obj
+
+
 def iter_jsonl(
     path: str | os.PathLike, required: Mapping[str, type | tuple[type, ...]] | None = None
 ) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -52,12 +63,7 @@ def iter_jsonl(
     for lineno, raw in iter_text_lines(path):
         if not raw.strip():
             continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"malformed JSON ({exc.msg})", path, lineno) from None
-        if not isinstance(obj, dict):
-            raise UserError("expected a JSON object", path, lineno)
+        obj = parse_object_line(raw, path, lineno)
         for field, ftype in (required or {}).items():
             if field not in obj:
                 raise UserError(f'missing field "{field}"', path, lineno)
@@ -142,13 +148,7 @@ def read_jsonl_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
             text = decode_utf8(raw, path, lineno)
             if not text.strip():
                 continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"malformed JSON ({exc.msg})", path, lineno) from None
-            if not isinstance(obj, dict):
-                raise UserError("expected a JSON object", path, lineno)
-            rows.append(obj)
+            rows.append(parse_object_line(text, path, lineno))
     return rows
 
 
