@@ -458,7 +458,7 @@ def run_attribute_dpo(dpo_args: AttributeDPOArguments, training_args, model_args
         prop = resolve_attribute(dpo_args.attribute)
         check_layout(training_args)
         demo_refs = _resolve_demo(dpo_args, model_args, hook_args, training_args)
-        precision_note = cpu_precision(training_args)
+        precision_note = cpu_precision(training_args, model_args.dtype)
         in_corpus = load_corpus(dpo_args.corpus)
         out_corpus = load_corpus(dpo_args.out_of_domain) if dpo_args.out_of_domain else None
         run = _Run(dpo_args, training_args, model_args, hook_args, Path(training_args.output_dir), prop,

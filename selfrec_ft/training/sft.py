@@ -304,7 +304,7 @@ def prepare_sft(data_args, training_args, model_args, callbacks=(), hook_args=No
         if "flash" in str(model_args.attn_implementation or ""):
             raise UserError(f"share_prefix needs a custom attention mask, which attn_implementation: "
                             f"{model_args.attn_implementation} cannot take; use sdpa or eager")
-    precision_note = cpu_precision(training_args)
+    precision_note = cpu_precision(training_args, model_args.dtype)
 
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
     prompt_max = effective_prompt_max_length(data_args, training_args, tokenizer)
