@@ -5,7 +5,7 @@ On every shape: the system-role decision and end-of-turn tokens, answer slots, s
 prompt at a time, the decision in the report), the pairs dataset (no system message where the
 template has none), three training steps of the main job through ``accelerate launch
 recipes/selfrec_sft.py`` (shared-prefix rows on two of the shapes, and the packed mask checked
-in-process on the others), and generation stopping on the template's end-of-turn id and on every
+in-process on the others; bf16 on two), and generation stopping on the template's end-of-turn id and on every
 id of an ``eos_token_id`` list.
 """
 
@@ -234,6 +234,7 @@ def launch_sft(config: Path, model_dir: Path, *flags: str) -> subprocess.Complet
 
 
 SHARED = {"llama3": False, "qwen2.5": True, "mistral": False, "gemma": True}
+BF16 = {"llama3": True, "qwen2.5": False, "mistral": False, "gemma": True}  # dtype bfloat16 + bf16: true
 
 
 @pytest.mark.slow
@@ -241,7 +242,8 @@ SHARED = {"llama3": False, "qwen2.5": True, "mistral": False, "gemma": True}
 @pytest.mark.parametrize("shape", FOUR)
 def test_three_steps_of_the_main_job_train_on_every_shape(shape, chat_shape_model, short_corpus_dir, tmp_path):
     out = tmp_path / "out"
-    proc = launch_sft(_sft_config(tmp_path, short_corpus_dir, out, SHARED[shape]), chat_shape_model(shape))
+    bf16 = {"dtype": "bfloat16", "bf16": True} if BF16[shape] else {}
+    proc = launch_sft(_sft_config(tmp_path, short_corpus_dir, out, SHARED[shape], **bf16), chat_shape_model(shape))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     man = json.loads((out / "training_manifest.json").read_text())
@@ -250,6 +252,7 @@ def test_three_steps_of_the_main_job_train_on_every_shape(shape, chat_shape_mode
     eot = SHAPES[shape].end_of_turn
     assert {a: p[-3:].count(eot) for a, p in man["completion_tokens"].items()} == {"1": 1, "2": 1}
     assert (man["share_prefix"] is not None) == SHARED[shape]
+    assert man["precision"]["bf16"] is BF16[shape]  # bf16 over bf16 weights is kept on CPU
     assert (out / "adapter_model.safetensors").is_file()
     if SHAPES[shape].folds_system:
         assert "folded into the first user turn" in proc.stderr  # said, not silent
