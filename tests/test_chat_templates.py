@@ -212,6 +212,19 @@ def test_pairs_rows_are_rendered_as_the_template_takes_them(shape, chat_shape_mo
             check_sequences(raw, tok)
 
 
+def test_selfrec_pairs_says_when_it_folds_the_system_turn(chat_shape_model, short_corpus_dir, tmp_path, capsys):
+    from selfrec_ft.cli import main
+
+    out = tmp_path / "pairs.jsonl"
+    rc = main(["pairs", "--corpus", str(short_corpus_dir), "--self-source", "lead", "--others", "human",
+               "--n-articles", "2", "--tokenizer", str(chat_shape_model("gemma")), "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "folded into the user message (the chat template rejects a system message" in printed
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 4 and all([m["role"] for m in r["prompt"]] == ["user"] for r in rows)
+
+
 def _sft_config(tmp_path: Path, corpus: Path, out: Path, share_prefix: bool, **extra) -> Path:
     cfg = {"corpus": str(corpus), "self_source": "lead", "others": "human", "n_articles": 2,
            "share_prefix": share_prefix, "use_peft": True, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
