@@ -172,3 +172,17 @@ def test_attribute_dpo_runs_in_bf16(tiny_model_dir, short_corpus_dir, tmp_path):
     assert losses and all(torch.isfinite(torch.tensor(x)) for x in losses)
     shift = json.loads((out / "shift.json").read_text())
     assert shift["attribute_before"]["n"] == shift["attribute_after"]["n"] == 2
+
+
+def test_cpu_keeps_bf16_only_over_bfloat16_weights(tmp_path):
+    from trl import SFTConfig
+
+    from selfrec_ft.training.lifecycle import cpu_precision
+
+    over_fp32 = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=True, report_to="none")
+    assert "turned off" in cpu_precision(over_fp32, "float32")  # TRL's default bf16 on a float32 CPU run
+    assert over_fp32.bf16 is False
+    over_bf16 = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=True, report_to="none")
+    assert cpu_precision(over_bf16, "bfloat16") is None and over_bf16.bf16 is True
+    fp16 = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, fp16=True, report_to="none")
+    assert "turned off" in cpu_precision(fp16, "bfloat16") and fp16.fp16 is False
