@@ -56,3 +56,19 @@ def textstat_without_cmudict(monkeypatch):
     for fn in (_count_syllables.count_syllables, _syllables_per_word.syllables_per_word,
                _flesch_kincaid_grade.flesch_kincaid_grade, _flesch_reading_ease.flesch_reading_ease):
         fn.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def chat_shape_model(tmp_path_factory):
+    """``get(shape)``: the directory of a tiny model in one of ``tests/chat_shapes.py``'s tokenizer and
+    chat-template shapes (llama3, qwen2.5, mistral, gemma), built once per session on first use."""
+    from chat_shapes import make_shape_model
+
+    built = {}
+
+    def get(name: str):
+        if name not in built:
+            built[name] = make_shape_model(name, tmp_path_factory.mktemp(f"shape-{name}") / "model")
+        return built[name]
+
+    return get

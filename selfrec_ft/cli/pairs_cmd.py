@@ -33,6 +33,9 @@ def _pairs(args) -> int:
     options = " / ".join(repr(o) for o in stats.options)
     print(f"answer options {options}: " + ("each one token for this tokenizer" if stats.options_checked else
           "not checked to be single tokens (no --tokenizer); eval and training check them"))
+    if stats.chat and stats.chat["system_role"] == "folded":
+        print(f"the tokenizer's chat template has no system role: the system prompt is folded into the user "
+              f"message ({stats.chat['reason']})")
     return 0
 
 

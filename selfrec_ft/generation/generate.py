@@ -42,6 +42,7 @@ from selfrec_ft.data.corpus import SUMMARIES_FILE, Corpus, load_corpus
 from selfrec_ft.errors import UserError
 from selfrec_ft.generation.clean import DOMAINS, clean_summary
 from selfrec_ft.jsonl import JsonlAppender, read_jsonl_rows, repair_tail
+from selfrec_ft.prompts.chat import chat_format
 from selfrec_ft.prompts.templates import DEFAULT_PRESET, load_preset, render_generation_prompt
 
 CANDIDATES_FILE = "candidates.jsonl"
@@ -60,6 +61,7 @@ class GenerationResult:
     shortened: int = 0  # prompts whose article was cut to fit
     new_tokens: int = 0  # generated tokens, up to and including EOS
     seconds: float = 0.0  # wall time of the generation loop (model calls, decoding, writing)
+    chat: dict[str, Any] | None = None  # the tokenizer's chat format (system role native/folded, end of turn)
 
     @property
     def tokens_per_s(self) -> float:
@@ -69,14 +71,17 @@ class GenerationResult:
         return {"out": str(self.out_path), "generated": self.generated,
                 "skipped_existing": self.skipped_existing, "cleaned": self.cleaned,
                 "failures": self.failures, "shortened": self.shortened, "new_tokens": self.new_tokens,
-                "seconds": round(self.seconds, 3), "tokens_per_s": round(self.tokens_per_s, 2)}
+                "seconds": round(self.seconds, 3), "tokens_per_s": round(self.tokens_per_s, 2),
+                "chat_template": self.chat}
 
     def format(self) -> str:
         return (f"generated {self.generated} summaries ({self.skipped_existing} already present) -> "
                 f"{self.out_path}\ncleaned: {self.cleaned}; failures (empty after cleaning, not written): "
                 f"{self.failures}" + (f" -> {self.failures_path}" if self.failures else "")
                 + f"; shortened articles: {self.shortened}\n{self.new_tokens} new tokens in "
-                f"{self.seconds:.1f} s = {self.tokens_per_s:.1f} tokens/s")
+                f"{self.seconds:.1f} s = {self.tokens_per_s:.1f} tokens/s"
+                + (f"\nthe chat template has no system role: the system prompt was folded into the user turn "
+                   f"({self.chat['reason']})" if self.chat and self.chat["system_role"] == "folded" else ""))
 
 
 def candidate_seed(seed: int, article_id: str, candidate: int) -> int:
@@ -85,15 +90,21 @@ def candidate_seed(seed: int, article_id: str, candidate: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def _eos_ids(model, tokenizer) -> set[int]:
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
+def stop_ids(generation_config, tokenizer) -> set[int]:
+    """Every id that ends a generation: each id of the model's ``generation_config.eos_token_id`` (an
+    id or a list: Llama-3 ships ``<|end_of_text|>``, ``<|eom_id|>`` and ``<|eot_id|>``), the
+    tokenizer's EOS and the special tokens the chat template ends an assistant turn with
+    (:func:`~selfrec_ft.prompts.chat.chat_format`: ``<|eot_id|>``, ``<|im_end|>``, ``<end_of_turn>``),
+    so a model whose generation config lists only its EOS still stops where its answers end."""
+    eos = getattr(generation_config, "eos_token_id", None)
     ids = set(eos) if isinstance(eos, (list, tuple)) else {eos}
+    ids.add(tokenizer.eos_token_id)
+    if getattr(tokenizer, "chat_template", None):
+        ids.update(chat_format(tokenizer).end_of_turn)
     ids.discard(None)
     if not ids:
         raise UserError(f"tokenizer {tokenizer.name_or_path!r} has no EOS token; generation cannot stop")
-    return ids
+    return {int(i) for i in ids}
 
 
 def _trim(ids: Sequence[int], eos: set[int]) -> tuple[list[int], int]:
@@ -134,7 +145,7 @@ class HFGenerator:
 
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
-        self.eos = _eos_ids(model, tokenizer)
+        self.eos = stop_ids(getattr(model, "generation_config", None), tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.eos)
 
@@ -174,6 +185,16 @@ class HFGenerator:
         return results, n_new
 
 
+def _generation_config(path: str):
+    """The model directory's generation config (None when it has none)."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
+
+
 class VLLMGenerator:
     """The same interface on vLLM (``LLM`` + ``SamplingParams``; a LoRA adapter via ``LoRARequest``)."""
 
@@ -185,8 +206,9 @@ class VLLMGenerator:
             raise UserError(VLLM_INSTALL_HINT) from None
         from selfrec_ft.models.loading import adapter_base, is_adapter_dir
 
-        self.vllm, self.tokenizer, self.eos = vllm, tokenizer, _eos_ids(None, tokenizer)
         path = str(path)
+        self.vllm, self.tokenizer = vllm, tokenizer
+        self.eos = stop_ids(_generation_config(adapter_base(path) if is_adapter_dir(path) else path), tokenizer)
         kwargs: dict[str, Any] = {"dtype": dtype or "auto", "max_model_len": max_length}
         self.lora = None
         if is_adapter_dir(path):
@@ -199,11 +221,13 @@ class VLLMGenerator:
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, seeds: Sequence[int] | None = None,
                  temperature: float = 1.0, top_p: float = 1.0) -> tuple[list[list[int]], int]:
+        stop = sorted(self.eos)  # every end id, as the Hugging Face backend stops
         if seeds is None:
-            params = [self.vllm.SamplingParams(temperature=0.0, max_tokens=max_new_tokens)] * len(prompts)
+            params = [self.vllm.SamplingParams(temperature=0.0, max_tokens=max_new_tokens,
+                                               stop_token_ids=stop)] * len(prompts)
         else:
-            params = [self.vllm.SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=s)
-                      for s in seeds]
+            params = [self.vllm.SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                                               seed=s, stop_token_ids=stop) for s in seeds]
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params,
                                     lora_request=self.lora, use_tqdm=False)
         results, n_new = [], 0
@@ -343,6 +367,7 @@ def generate_summaries(
     given = max_length is not None
     if max_length is None and backend == "hf":
         max_length = getattr(generator.model.config, "max_position_embeddings", None)
+    result.chat = chat_format(tokenizer).record()
     template = load_preset(prompt_preset).task(f"generate-{domain}")
     prompt_budget = None if max_length is None else max_length - max_new_tokens
     if prompt_budget is not None:

@@ -47,7 +47,9 @@ SIZES = {
 }
 
 
-def _training_texts(n_articles: int) -> list[str]:
+def training_texts(n_articles: int) -> list[str]:
+    """Texts a tiny tokenizer is trained on: synthetic articles and summaries of both domains and
+    every preset's instructions (plus Llama-2 chat markers)."""
     from selfrec_ft.data.synth import synth_corpus
     from selfrec_ft.prompts.templates import available_presets, load_preset
 
@@ -84,7 +86,7 @@ def build_tokenizer(vocab_size: int, n_articles: int = 200):
         vocab_size=vocab_size - len(byte_tokens), special_tokens=specials, min_frequency=2,
         show_progress=False, limit_alphabet=200,
     )
-    trainer_tok.train_from_iterator(_training_texts(n_articles), trainer=trainer)
+    trainer_tok.train_from_iterator(training_texts(n_articles), trainer=trainer)
     learned = trainer_tok.get_vocab()
     merges = [tuple(m) for m in trainer_tok.model.get_merges()] if hasattr(trainer_tok.model, "get_merges") else None
     if merges is None:
@@ -110,8 +112,14 @@ def build_tokenizer(vocab_size: int, n_articles: int = 200):
     return hf
 
 
-def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, size: str = "tiny") -> Path:
-    """Build and save a random Llama model + tokenizer; loadable with ``from_pretrained``."""
+def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, size: str = "tiny", tokenizer=None,
+                    eos_token_id: int | list[int] | None = None) -> Path:
+    """Build and save a random Llama model + tokenizer; loadable with ``from_pretrained``.
+
+    ``tokenizer`` (default: :func:`build_tokenizer`'s Llama-2-like one) sets the vocabulary and the
+    special ids; ``eos_token_id`` (default: the tokenizer's EOS) goes into ``generation_config.json``,
+    a list as models with several end tokens ship it (Llama-3: ``<|end_of_text|>``, ``<|eom_id|>``,
+    ``<|eot_id|>``)."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -119,7 +127,8 @@ def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, size: str = "tiny
         raise ValueError(f"size must be one of {sorted(SIZES)}")
     spec = SIZES[size]
     out = ensure_dir(out_dir)
-    tokenizer = build_tokenizer(spec.vocab_size, spec.n_tokenizer_articles)
+    if tokenizer is None:
+        tokenizer = build_tokenizer(spec.vocab_size, spec.n_tokenizer_articles)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,
@@ -137,7 +146,8 @@ def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, size: str = "tiny
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id if eos_token_id is None else eos_token_id,
         pad_token_id=tokenizer.pad_token_id, do_sample=False,
     )
     from safetensors import SafetensorError

@@ -6,6 +6,12 @@ system and user messages, ``completion`` one assistant message with the answer (
 training assistant prefix). Metadata columns: ``article_id``, ``other_source``, ``self_position``,
 ``label``. Evaluation uses only the held-out articles after the first N (:func:`heldout_article_ids`).
 
+With a tokenizer the prompt messages are those its chat template takes
+(:func:`~selfrec_ft.prompts.chat.chat_messages`): for a template that rejects or drops a system role
+(Gemma, Mistral) the system text is folded into the user message, exactly as scoring and generation
+render it, and :attr:`PairsStats.chat` records the decision. Without one the rows keep the preset's
+system message (a model-independent file, e.g. ``selfrec pairs`` without ``--tokenizer``).
+
 The completion is the template's option for the labelled position
 (:meth:`~selfrec_ft.prompts.templates.TaskTemplate.answer_option`: a preset whose options are
 ``A``/``B`` trains on ``A``/``B``, the tokens evaluation and the training hook read); ``label`` holds
@@ -34,6 +40,7 @@ from selfrec_ft.pairs.labels import (
     STRATEGIES,
     assign_labels,
 )
+from selfrec_ft.prompts.chat import chat_format
 from selfrec_ft.prompts.templates import DEFAULT_PRESET, check_options, fit_messages, load_preset
 
 
@@ -55,6 +62,7 @@ class PairsStats:
     ties_dropped: int = 0
     options: list[str] = field(default_factory=list)
     options_checked: bool = False
+    chat: dict | None = None  # the tokenizer's chat format (ChatFormat.record()); None without a tokenizer
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -103,8 +111,9 @@ def build_pairwise_dataset(
 
     ``question`` is ``recognition`` (the recognition prompt, whatever the labels) or ``own`` (a
     control strategy asks its own question: which is longer / has more vowels / is more readable).
-    With a ``tokenizer`` the options are checked to be single tokens (as scoring checks them), and
-    with ``max_length`` too the article is shortened to fit (never a summary).
+    With a ``tokenizer`` the options are checked to be single tokens (as scoring checks them) and the
+    prompts are folded as its chat template needs (see the module docstring); with ``max_length``
+    too the article is shortened to fit (never a summary).
     """
     import datasets
 
@@ -127,7 +136,9 @@ def build_pairwise_dataset(
         raise UserError(f"question must be 'recognition' or 'own', got {question!r}")
     template_name = CONTROL_QUESTIONS.get(labels, "pairwise-recognition") if question == "own" else "pairwise-recognition"
     template = load_preset(preset).task(template_name)
+    fmt = None
     if tokenizer is not None:
+        fmt = chat_format(tokenizer)
         check_options(tokenizer, template)
 
     ids = [a.id for a in corpus.train_articles(n_articles)]
@@ -138,7 +149,8 @@ def build_pairwise_dataset(
     except ValueError as exc:
         raise UserError(str(exc)) from None
     stats = PairsStats(articles=len(ids), skipped_missing=skipped, label_ties=label_ties,
-                       options=list(template.options), options_checked=tokenizer is not None)
+                       options=list(template.options), options_checked=tokenizer is not None,
+                       chat=fmt.record() if fmt is not None else None)
     if labels in MEASURED_STRATEGIES and flip_fraction is None:
         tied = [lab is None for lab in label_list]
         if label_ties == "position1":  # recompute which rows tied: they were labelled 1
@@ -153,7 +165,7 @@ def build_pairwise_dataset(
         values = {k: v for k, v in values.items() if k in template.fields}
         messages, shortened = fit_messages(tokenizer, template, max_length, **values)
         stats.shortened += shortened
-        records["prompt"].append(messages)
+        records["prompt"].append(fmt.messages(messages) if fmt is not None else messages)
         answer = template.answer_option(label)
         records["completion"].append([{"role": "assistant", "content": template.train_assistant_prefix + answer}])
         records["article_id"].append(row["article_id"])

@@ -171,13 +171,16 @@ def _write_report(out: Path, scorer: Scorer, spec: EvalSpec, items: ScoringItems
         "others": items.others, "tasks": list(spec.scored_tasks), "articles": n_articles, "prompts": len(items),
         "shortened_prompts": items.shortened, "skipped_missing_summary": items.skipped_missing,
         "preset": spec.preset, "max_length": max_length, "dtype": scorer.dtype, "domain": spec.domain,
-        "examples": str(examples),
+        "examples": str(examples), "chat_template": items.chat,
     }
     md = render_markdown(report, title=f"Evaluation of {spec.self_source}")
     fit = f"{items.shortened} had their article shortened to fit max_length={max_length}" if max_length \
         else "no max_length, no article shortened"
     md += (f"\n{len(items)} prompts on {n_articles} articles; {fit}"
            + (f"; {items.skipped_missing} skipped for a missing summary" if items.skipped_missing else "") + ".\n")
+    if items.chat and items.chat.get("system_role") == "folded":
+        md += (f"\nThe model's chat template has no system role: system prompts were folded into the first user "
+               f"turn ({items.chat['reason']}).\n")
     if fam:
         md += "\n" + _familiarity_markdown(fam, spec.self_source)
     if is_main:

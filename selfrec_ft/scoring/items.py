@@ -25,6 +25,7 @@ from typing import Any
 from selfrec_ft.data.corpus import Corpus
 from selfrec_ft.defaults import FAMILIARITY, GENERATION_TEMPLATES, TASKS  # noqa: E402,F401
 from selfrec_ft.errors import UserError
+from selfrec_ft.prompts.chat import chat_format
 from selfrec_ft.prompts.templates import (
     INDIVIDUAL_TASKS,
     PAIRWISE_TASKS,
@@ -72,6 +73,7 @@ class ScoringItems:
     skipped_missing: int = 0
     article_ids: list[str] = field(default_factory=list)
     others: list[str] = field(default_factory=list)
+    chat: dict[str, Any] | None = None  # the tokenizer's chat format (prompts.chat.ChatFormat.record())
 
     def __iter__(self) -> Iterator[ScoringItem]:
         return iter(self.items)
@@ -214,7 +216,7 @@ def build_items(corpus: Corpus, tokenizer, spec: EvalSpec, article_ids: Sequence
             raise UserError(f"familiarity needs a domain ({' or '.join(GENERATION_TEMPLATES)}), got {domain!r}")
         gen_tmpl = load_preset(preset).task(GENERATION_TEMPLATES[domain])
 
-    out = ScoringItems(article_ids=list(article_ids), others=list(others))
+    out = ScoringItems(article_ids=list(article_ids), others=list(others), chat=chat_format(tokenizer).record())
     base = {"self_source": self_source}
     if domain is not None:
         base["domain"] = domain

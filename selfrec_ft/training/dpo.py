@@ -334,6 +334,7 @@ class _Run:
         """Train (resuming from a checkpoint), or load the adapter of a finished run with the same
         pairs and settings. Returns the global step, the train metrics, whether it trained now and
         the trainer (None when it did not)."""
+        from selfrec_ft.prompts.chat import chat_format
         from selfrec_ft.training import manifest as mf
         from selfrec_ft.training.hook import hook_from_args
         from selfrec_ft.training.lifecycle import resolve_resume, start_run, train_and_finish
@@ -356,7 +357,9 @@ class _Run:
                                 "self_source")
         trainer = build_dpo_trainer(self.model, self.tokenizer, selection.dataset, t, self.model_args, callbacks)
         hook_from_args(trainer, self.hook_args, a)  # built with its trainer, added to it
-        seq = check_dpo_sequences(trainer.train_dataset, t.max_length, {self.tokenizer.eos_token_id})
+        chat = chat_format(self.tokenizer)  # the end-of-turn token ends a completion too (Gemma's <end_of_turn>)
+        seq = check_dpo_sequences(trainer.train_dataset, t.max_length,
+                                  {self.tokenizer.eos_token_id, *chat.end_of_turn})
         resume = resolve_resume(t)
         manifest = {
             "status": "training", "created": mf.now_iso(), "mode": self.mode,
@@ -368,6 +371,7 @@ class _Run:
             "completion_tokens": {"chosen_mean": sum(seq.chosen_tokens) / len(seq.chosen_tokens),
                                   "rejected_mean": sum(seq.rejected_tokens) / len(seq.rejected_tokens)},
             "completions_ending_with_eos": seq.ends_with_eos,
+            "chat_template": chat.record(),
             "reference": ("the base with the adapter disabled (PEFT); no ref_model" if a.sft_adapter is None
                           else "a frozen copy ('ref') of the SFT adapter; no ref_model"),
             "demo_refs": self.demo_refs,
@@ -454,7 +458,7 @@ def run_attribute_dpo(dpo_args: AttributeDPOArguments, training_args, model_args
         prop = resolve_attribute(dpo_args.attribute)
         check_layout(training_args)
         demo_refs = _resolve_demo(dpo_args, model_args, hook_args, training_args)
-        precision_note = cpu_precision(training_args)
+        precision_note = cpu_precision(training_args, model_args.dtype)
         in_corpus = load_corpus(dpo_args.corpus)
         out_corpus = load_corpus(dpo_args.out_of_domain) if dpo_args.out_of_domain else None
         run = _Run(dpo_args, training_args, model_args, hook_args, Path(training_args.output_dir), prop,

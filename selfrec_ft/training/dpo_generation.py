@@ -71,6 +71,7 @@ def generation_messages(tokenizer, corpus, article_ids: Sequence[str], style: st
     """The generation prompt messages per article, with the article shortened exactly as
     :func:`~selfrec_ft.generation.generate.generate_summaries` shortens it (so a DPO pair is
     trained on the prompt its candidates were sampled from)."""
+    from selfrec_ft.prompts.chat import chat_messages
     from selfrec_ft.prompts.templates import chat_text, encode, fit_article, load_preset
 
     template = load_preset(preset).task(f"generate-{style}")
@@ -82,7 +83,7 @@ def generation_messages(tokenizer, corpus, article_ids: Sequence[str], style: st
     out = {}
     for aid in article_ids:
         values, _ = fit_article({"article": corpus.article(aid).text}, length_of, budget, template.name)
-        out[aid] = template.messages(**values)
+        out[aid] = chat_messages(tokenizer, template.messages(**values))  # a system turn folded where needed
     return out
 
 

@@ -4,7 +4,7 @@
 * :func:`resolve_resume`: the checkpoint to resume from (``resume_from_checkpoint``: unset/true ->
   the last one in ``output_dir``, false -> none, a path -> that checkpoint);
 * :func:`cpu_precision`: TRL configs default to bf16 mixed precision, which on CPU is slow and
-  changes the numerics: turned off there, with a note for the manifest;
+  changes the numerics: turned off there, with a note for the manifest (kept over bf16 weights);
 * :func:`start_run`: ``resolved_config.yaml`` and ``training_manifest.json`` (status ``training``),
   written by the main process before training;
 * :func:`train_and_finish`: train (resuming), save the adapter/model and trainer state, mark the
@@ -57,8 +57,15 @@ def resolve_resume(training_args) -> str | None:
     return str(value)
 
 
-def cpu_precision(training_args) -> str | None:
-    """Turn bf16/fp16 mixed precision off when training runs on CPU; returns the note (or None)."""
+def cpu_precision(training_args, model_dtype: str | None = None) -> str | None:
+    """Turn bf16/fp16 mixed precision off when training runs on CPU; returns the note (or None).
+
+    ``bf16: true`` over bfloat16 weights (``model_dtype`` ``"bfloat16"``) is kept: torch runs bf16
+    autocast on CPU, and it is what a GPU run with the same config computes (TRL's default ``bf16``
+    over float32 weights is what turns off)."""
+    if (training_args.device.type == "cpu" and training_args.bf16 and not training_args.fp16
+            and str(model_dtype).removeprefix("torch.") == "bfloat16"):
+        return None
     if training_args.device.type == "cpu" and (training_args.bf16 or training_args.fp16
                                                or training_args.mixed_precision not in (None, "no")):
         training_args.bf16 = training_args.fp16 = False

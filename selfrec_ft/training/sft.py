@@ -43,6 +43,7 @@ class SequenceCheck:
     completion_ids: list[list[int]]     # the tokens the loss is on, per row
     completion_tokens: dict[str, list[str]]  # completion content -> its token pieces
     prompt_not_prefix: int = 0          # rows whose prompt tokens are not a prefix of prompt+completion
+    end_of_turn: list[str] = field(default_factory=list)  # the template's end-of-turn tokens, in every completion
 
     def too_long(self, max_length: int | None) -> list[int]:
         return [] if max_length is None else [i for i, n in enumerate(self.lengths) if n > max_length]
@@ -158,9 +159,17 @@ def check_sequences(dataset, tokenizer, batch_size: int = 128) -> SequenceCheck:
 
     The completion starts where the tokenized prompt (generation prompt on) and prompt+completion
     diverge (TRL's rule). Its text, special tokens dropped, must be the completion's content: a chat
-    template that moved answer text into the prompt or prompt text into the answer is an error.
+    template that moved answer text into the prompt or prompt text into the answer is an error. The
+    prompts must be as the chat template takes them (a system turn folded for a template without one,
+    :func:`~selfrec_ft.prompts.chat.chat_messages`), and when the template ends an assistant turn with
+    a special token (``</s>``, ``<|eot_id|>``, ``<|im_end|>``, ``<end_of_turn>``) every completion
+    must hold it after the answer: the loss teaches the model to end its turn where generation stops.
     """
+    from selfrec_ft.prompts.chat import chat_format
+
     name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    fmt = chat_format(tokenizer)
+    end_of_turn = set(fmt.end_of_turn)
     lengths, prompt_lengths, completions = [], [], []
     pieces: dict[str, list[str]] = {}
     not_prefix = 0
@@ -168,6 +177,11 @@ def check_sequences(dataset, tokenizer, batch_size: int = 128) -> SequenceCheck:
     for start in range(0, len(prompts), batch_size):
         p_batch = prompts[start:start + batch_size]
         c_batch = comps[start:start + batch_size]
+        for i, p in enumerate(p_batch):
+            if fmt.messages(p) != p:
+                raise UserError(f"tokenizer {name!r}: training row {start + i} has a system message, which this "
+                                f"chat template cannot take ({fmt.reason}); build the rows with the tokenizer "
+                                "(selfrec_ft.pairs.build.build_pairwise_dataset(..., tokenizer=...)) to fold it")
         p_ids = _chat_ids(tokenizer, p_batch, True)
         full_ids = _chat_ids(tokenizer, [p + c for p, c in zip(p_batch, c_batch)], False)
         for p, full, comp in zip(p_ids, full_ids, c_batch):
@@ -180,6 +194,11 @@ def check_sequences(dataset, tokenizer, batch_size: int = 128) -> SequenceCheck:
                     f"tokenizer {name!r}: the chat template renders the answer {answer!r} as the tokens "
                     f"{tokenizer.convert_ids_to_tokens(full[n:])} (text {text!r}); the loss would not be on the "
                     "answer alone")
+            if end_of_turn and not end_of_turn.intersection(full[n:]):
+                raise UserError(
+                    f"tokenizer {name!r}: the completion tokens {tokenizer.convert_ids_to_tokens(full[n:])} of the "
+                    f"answer {answer!r} lack the template's end-of-turn token {list(fmt.end_of_turn_tokens)}; the "
+                    "model would not learn to end its answer")
             lengths.append(len(full))
             prompt_lengths.append(n)
             completions.append(full[n:])
@@ -187,7 +206,8 @@ def check_sequences(dataset, tokenizer, batch_size: int = 128) -> SequenceCheck:
     if not_prefix:
         logger.warning("%d training prompts do not tokenize as a prefix of prompt+completion; the model is trained "
                        "on a slightly different context than it is scored on", not_prefix)
-    return SequenceCheck(lengths, prompt_lengths, completions, dict(sorted(pieces.items())), not_prefix)
+    return SequenceCheck(lengths, prompt_lengths, completions, dict(sorted(pieces.items())), not_prefix,
+                         list(fmt.end_of_turn_tokens))
 
 
 def _template_name(data_args) -> str:
@@ -203,10 +223,11 @@ def answer_margin(tokenizer, data_args) -> int:
     """Training tokens (prompt + completion) minus the tokens the article shortening bounds
     (scoring prompt + answer token); constant for a template: ``▁ </s>`` = 2 for Llama-2."""
     from selfrec_ft.prompts.answer_slots import resolve_answer_slot
+    from selfrec_ft.prompts.chat import chat_messages
     from selfrec_ft.prompts.templates import load_preset
 
     template = load_preset(data_args.prompt_preset).task(_template_name(data_args))
-    messages = template.messages(**{f: "x" for f in template.fields})
+    messages = chat_messages(tokenizer, template.messages(**{f: "x" for f in template.fields}))
     slot = resolve_answer_slot(tokenizer, messages, template.options, template.assistant_prefix)
     completion = [{"role": "assistant", "content": template.train_assistant_prefix + template.options[0]}]
     full = _chat_ids(tokenizer, [messages + completion], False)[0]
@@ -224,7 +245,7 @@ def build_training_pairs(data_args, tokenizer, prompt_max_length: int | None):
         corpus, data_args.self_source, others=data_args.others, n_articles=data_args.n_articles,
         labels=data_args.labels, flip_fraction=data_args.flip_fraction, seed=data_args.label_seed,
         preset=data_args.prompt_preset, question=data_args.question,
-        tokenizer=tokenizer if prompt_max_length is not None else None, max_length=prompt_max_length,
+        tokenizer=tokenizer, max_length=prompt_max_length,  # the tokenizer folds a system turn where needed
         label_ties=data_args.label_ties,
     )
     if stats.rows == 0:
@@ -283,7 +304,7 @@ def prepare_sft(data_args, training_args, model_args, callbacks=(), hook_args=No
         if "flash" in str(model_args.attn_implementation or ""):
             raise UserError(f"share_prefix needs a custom attention mask, which attn_implementation: "
                             f"{model_args.attn_implementation} cannot take; use sdpa or eager")
-    precision_note = cpu_precision(training_args)
+    precision_note = cpu_precision(training_args, model_args.dtype)
 
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
     prompt_max = effective_prompt_max_length(data_args, training_args, tokenizer)
@@ -354,6 +375,7 @@ def build_manifest(setup: SFTSetup, data_args, training_args, model_args, resume
         "sequence_tokens": {"max": max(seq.lengths), "mean": sum(seq.lengths) / len(seq.lengths),
                             "min": min(seq.lengths)},
         "completion_tokens": seq.completion_tokens,
+        "chat_template": stats.chat,  # system role native or folded (and why), end-of-turn tokens
         "prompt_not_prefix": seq.prompt_not_prefix,
         "share_prefix": setup.shared_prefix,
         "seeds": {"label_seed": data_args.label_seed, "seed": training_args.seed,
