@@ -18,9 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selfrec_ft.defaults import DEFAULT_TASKS, EXAMPLES_FILE, FAMILIARITY, REPORT_JSON, REPORT_MD  # noqa: F401
+from selfrec_ft.defaults import (  # noqa: F401
+    DEFAULT_TASKS,
+    EXAMPLES_FILE,
+    FAMILIARITY,
+    REPORT_JSON,
+    REPORT_MD,
+)
 from selfrec_ft.errors import UserError
-from selfrec_ft.jsonl import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl_rows
+from selfrec_ft.jsonl import (
+    JsonlAppender,
+    atomic_write_json,
+    atomic_write_text,
+    read_jsonl_rows,
+    record_settings,
+)
 from selfrec_ft.scoring.engine import distributed_state
 from selfrec_ft.scoring.items import ScoringItem, ScoringItems, row_key
 from selfrec_ft.scoring.scorer import Scorer
@@ -59,24 +71,6 @@ def _chunks(items: Sequence[ScoringItem], size: int) -> list[list[ScoringItem]]:
     if cur:
         out.append(cur)
     return out
-
-
-def _check_config(path: Path, config: dict[str, Any]) -> None:
-    """Refuse to resume into a directory scored with different settings."""
-    import json
-
-    if not path.exists():
-        atomic_write_json(path, config)
-        return
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"malformed JSON ({exc.msg})", path, exc.lineno) from None
-    changed = [k for k in config if k in old and old[k] != config[k]]
-    if changed:
-        k = changed[0]
-        raise UserError(f"this directory holds an evaluation with {k}={old[k]!r}, not {config[k]!r}; "
-                        "use another --out (or delete the directory) to start a new one", path)
 
 
 def _existing_keys(path: Path) -> set[tuple]:
@@ -123,12 +117,14 @@ def evaluate(scorer: Scorer, spec: EvalSpec, out_dir: str | os.PathLike, *, prog
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     examples = out / EXAMPLES_FILE
-    _check_config(out / CONFIG_FILE, {
+    settings = {
         "model": scorer.source,
         "corpus": str(corpus.path.resolve()) if corpus.path else None,
         "self_source": spec.self_source, "preset": spec.preset, "templates": spec.template_map,
         "max_length": scorer.max_length, "dtype": scorer.dtype, "domain": spec.domain, "skip_first": spec.skip_first,
-    })
+    }
+    record_settings(out / CONFIG_FILE, settings, held="this directory holds an evaluation",
+                    hint="use another --out (or delete the directory) to start a new one")
     done = _existing_keys(examples)
     todo = [it for it in items if it.key not in done]
 

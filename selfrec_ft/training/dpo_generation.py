@@ -12,14 +12,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from selfrec_ft.defaults import DEFAULT_PRESET
-from selfrec_ft.errors import UserError
 
 SETTINGS_FILE = "settings.json"
 
@@ -47,23 +45,10 @@ class GenerationSettings:
 
 def check_settings(directory: Path, settings: dict[str, Any], what: str, is_main: bool = True) -> None:
     """Record ``settings`` in ``directory/settings.json``; refuse a directory made with others."""
-    from selfrec_ft.jsonl import atomic_write_json
+    from selfrec_ft.jsonl import record_settings
 
-    path = directory / SETTINGS_FILE
-    settings = json.loads(json.dumps(settings, default=str))
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"malformed JSON ({exc.msg})", path, exc.lineno) from None
-        changed = [k for k in settings if k in old and old[k] != settings[k]]
-        if changed:
-            k = changed[0]
-            raise UserError(f"these {what} were made with {k}={old[k]!r}, not {settings[k]!r}; use another "
-                            "output_dir (or delete this one)", path)
-        return
-    if is_main:
-        atomic_write_json(path, settings)
+    record_settings(directory / SETTINGS_FILE, settings, held=f"these {what} were made",
+                    hint="use another output_dir (or delete this one)", write=is_main)
 
 
 def generation_messages(tokenizer, corpus, article_ids: Sequence[str], style: str, preset: str,
