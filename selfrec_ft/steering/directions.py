@@ -302,7 +302,7 @@ def fit_directions(scorer, spec: EvalSpec, n_articles: int, layers: Sequence[int
         "heldout_article_ids": held_ids, "heldout_fraction": heldout_fraction, "prompts": len(items),
         "shortened_prompts": items.shortened, "skipped_missing_summary": items.skipped_missing,
         "layers": list(layers), "num_layers": n_layers, "hidden_size": hidden, "seed": seed,
-        "residual_stream": "output of decoder layer L (transformers' hidden_states[L + 1])",
+        "residual_stream": "output of decoder layer L, 0-based (before the final norm for the last layer)",
         "directions": table,
     }
     out = Directions(units, manifest)

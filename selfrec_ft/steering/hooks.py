@@ -6,7 +6,8 @@ padded batches alike, with PEFT adapters and under ``accelerate``. The engine te
 every forward which requests own which tokens at which positions (``set_rows``: per batch row a list
 of :class:`~selfrec_ft.scoring.packing.Span`), so a hook turns "tokens ``[a, b)`` of request ``i``"
 into row indices without knowing how the row was packed. "The residual stream at layer ``L``" is the
-output of decoder layer ``L`` (0-based), i.e. ``hidden_states[L + 1]`` of transformers.
+output of decoder layer ``L`` (0-based): transformers' ``hidden_states[L + 1]``, except that for the
+last layer transformers reports it after the final norm and the hooks see it before.
 
 * :class:`Intervention` changes the output of chosen layers at each request's chosen tokens:
   ``add`` a vector at the tokens of one summary (``target``: ``self`` / ``other``), or ``scale`` the
@@ -106,9 +107,7 @@ class LayerHooks:
         """Register a forward hook on each chosen decoder layer for the duration of the block."""
         layers = decoder_layers(model)
         check_layers(self.layers, len(layers))
-        self._requests = requests
-        self._ranges = [self.positions(r) for r in requests]
-        self.begin(requests)
+        self.bind(requests)
         handles = [layers[i].register_forward_hook(self._hook(i)) for i in self.layers]
         try:
             yield
@@ -116,6 +115,12 @@ class LayerHooks:
             for h in handles:
                 h.remove()
             self._rows, self._index = [], {}
+
+    def bind(self, requests: Sequence[Any]) -> None:
+        """Take the call's requests (their positions are looked up once) before any forward."""
+        self._requests = requests
+        self._ranges = [self.positions(r) for r in requests]
+        self.begin(requests)
 
     def set_rows(self, rows: list[list[Span]]) -> None:
         """The token map of the next forward: per batch row, which requests own which tokens."""
