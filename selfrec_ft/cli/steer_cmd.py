@@ -100,6 +100,8 @@ def register(sub) -> None:
     s.add_argument("--skip-first", type=int_at_least(0),
                    help="evaluate in-domain after the first N articles. Default: a fine-tuned model's training "
                         "articles (its manifest), else the directions' articles; never fewer than those")
+    s.add_argument("--allow-other-model", action="store_true",
+                   help="steer a model whose files differ from the one the directions were fitted on")
     s.add_argument("--allow-train-articles", action="store_true",
                    help="score articles the model was trained on (refused without this flag)")
     s.add_argument("--limit", type=int_at_least(1), help="score at most K articles per domain")
@@ -153,7 +155,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     from selfrec_ft.data.corpus import load_corpus
     from selfrec_ft.scoring.heldout import resolve_heldout
     from selfrec_ft.scoring.spec import EvalSpec
-    from selfrec_ft.steering.directions import Directions, file_hashes
+    from selfrec_ft.steering.directions import MANIFEST_FILE, Directions, file_hashes
     from selfrec_ft.steering.sweep import STEER_JSON, STEER_MD, SteerSetting, parse_values, run_steer_sweep
 
     values = parse_values(args.values)
@@ -162,6 +164,12 @@ def run_sweep(args: argparse.Namespace) -> int:
     layer = directions.best_layer(args.kind) if args.layer is None else args.layer
     setting = SteerSetting(args.kind, args.mode, layer, args.target, args.norm_of)
     setting.intervention(directions, values[0])  # an unknown kind or layer fails before any scoring
+    fitted_on = man.get("model_files") or {}
+    if fitted_on and Path(args.model).exists() and file_hashes(args.model) != fitted_on:
+        if not args.allow_other_model:
+            raise UserError(f"the directions were fitted on {man.get('model')}, whose files differ from {args.model}'s; "
+                            "pass --allow-other-model to steer this model with them", Path(args.directions) / MANIFEST_FILE)
+        print(f"note: the directions were read from {man['model']}; steering {args.model}", file=sys.stderr)
     corpus = load_corpus(args.corpus)
     ids = [a.id for a in corpus.articles]
     held = resolve_heldout(args.model, args.corpus, ids, args.skip_first, args.allow_train_articles, args.limit)
@@ -180,8 +188,6 @@ def run_sweep(args: argparse.Namespace) -> int:
                             f"{last}); use at least {last}", args.corpus)
     elif held.note:
         print(held.note, file=sys.stderr)
-    if man.get("model") and man["model"] != str(Path(args.model).resolve()) and Path(args.model).exists():
-        print(f"note: the directions were read from {man['model']}; steering {args.model}", file=sys.stderr)
     preset = args.prompt_preset or man.get("preset") or DEFAULT_PRESET
     others = split_list(args.others)
     specs = {"in_domain": EvalSpec(corpus=corpus, self_source=args.self_source, others=others, skip_first=skip,

@@ -106,12 +106,17 @@ class Directions:
     def best_layer(self, kind: str) -> int:
         """The layer with the highest held-out AUROC of ``kind`` (the random control: authorship's)."""
         ref = "authorship" if kind == "random" else kind
-        if ref not in self.units:
-            raise UserError(f"no {ref!r} direction here; fitted: {', '.join(self.units)}")
-        scored = [(self.separation(ref, layer), layer) for layer in self.layers
+        for k in dict.fromkeys((kind, ref)):
+            if k not in self.units:
+                raise UserError(f"no {k!r} direction here; fitted: {', '.join(self.units)}", self.manifest.get("path"))
+        fitted = [layer for layer in self.layers if layer in self.units[kind]]
+        scored = [(self.separation(ref, layer), layer) for layer in fitted
                   if self.separation(ref, layer) is not None]
+        if not scored and len(fitted) == 1:
+            return fitted[0]  # one layer fitted: nothing to choose
         if not scored:
-            raise UserError(f"no held-out separation of {ref!r} to pick a layer by; pass --layer")
+            raise UserError(f"no held-out separation of {ref!r} to pick a layer by; pass --layer",
+                            self.manifest.get("path"))
         return max(scored, key=lambda s: (s[0], -s[1]))[1]
 
     def save(self, out_dir: str | os.PathLike) -> Path:
@@ -306,7 +311,13 @@ def fit_directions(scorer, spec: EvalSpec, n_articles: int, layers: Sequence[int
         "directions": table,
     }
     out = Directions(units, manifest)
-    manifest["best_layer"] = {k: out.best_layer(k) for k in units if k != "random" or "authorship" in units}
+    best = {}
+    for kind in units:
+        try:
+            best[kind] = out.best_layer(kind)
+        except UserError:  # no held-out separation at any fitted layer (e.g. a held-out side is empty)
+            continue
+    manifest["best_layer"] = best
     return out
 
 

@@ -107,6 +107,7 @@ class LayerHooks:
         """Register a forward hook on each chosen decoder layer for the duration of the block."""
         layers = decoder_layers(model)
         check_layers(self.layers, len(layers))
+        self.check(base_model(model))
         self.bind(requests)
         handles = [layers[i].register_forward_hook(self._hook(i)) for i in self.layers]
         try:
@@ -167,6 +168,9 @@ class LayerHooks:
 
     # ------------------------------------------------------------------------- subclass hooks
 
+    def check(self, model) -> None:
+        """Called with the (unwrapped) model before the hooks are registered: refuse a mismatch."""
+
     def begin(self, requests: Sequence[Any]) -> None:
         """Called once per engine call, before any forward."""
 
@@ -214,6 +218,13 @@ class Intervention(LayerHooks):
         if not spans:
             return {}
         return {"after": (min(a for a, _ in spans.values()), len(full_ids(request)))}
+
+    def check(self, model) -> None:
+        size = getattr(model.config, "hidden_size", None)
+        for layer, v in self.vectors.items():
+            if size is not None and v.numel() != size:
+                raise UserError(f"the steering direction at layer {layer} has {v.numel()} dimensions but the model's "
+                                f"residual stream has {size}: the directions were fitted on another model")
 
     def _vector(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         key = (layer, hidden.device, hidden.dtype)
