@@ -178,6 +178,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         man.get("corpus_files") and man["corpus_files"] == file_hashes(args.corpus, ("articles.jsonl",
                                                                                      "summaries.jsonl")))
     used = set(man.get("article_ids") or [])
+    if held.note:
+        print(held.note, file=sys.stderr)
     if same_corpus and used:
         last = max((i for i, a in enumerate(ids) if a in used), default=-1) + 1
         if args.skip_first is None and skip < last:
@@ -186,8 +188,6 @@ def run_sweep(args: argparse.Namespace) -> int:
         elif skip < last:
             raise UserError(f"--skip-first {skip} would score articles the directions were fitted on (the first "
                             f"{last}); use at least {last}", args.corpus)
-    elif held.note:
-        print(held.note, file=sys.stderr)
     preset = args.prompt_preset or man.get("preset") or DEFAULT_PRESET
     others = split_list(args.others)
     specs = {"in_domain": EvalSpec(corpus=corpus, self_source=args.self_source, others=others, skip_first=skip,
