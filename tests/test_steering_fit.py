@@ -425,3 +425,17 @@ def test_a_direction_of_another_hidden_size_is_refused(tiny_model_dir, short_cor
     with pytest.raises(UserError, match=f"has {size + 1} dimensions but the model's residual stream has {size}"):
         with scorer.hooked(Intervention("add", {0: torch.ones(size + 1)}, target="self")):
             scorer.score([it.request for it in items])
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--n-articles", "4", "--layers", "0,5"], "layer 5 does not exist: the model has 2 decoder layers"),
+    (["--n-articles", "4", "--layers", "0,x"], "--layers needs comma-separated integers"),
+    ([], "--n-articles is needed"),
+    (["--n-articles", "999"], "--n-articles must be between 2 and"),
+])
+def test_cli_fit_errors_are_one_line(tiny_model_dir, short_corpus_dir, tmp_path, capsys, extra, message):
+    rc = main(["steer", "fit", "--model", str(tiny_model_dir), "--corpus", str(short_corpus_dir), "--self-source",
+               SELF, "--out", str(tmp_path / "d"), "--no-progress", *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d" / "directions.json").exists()

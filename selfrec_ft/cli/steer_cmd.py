@@ -112,6 +112,26 @@ def register(sub) -> None:
     s.set_defaults(func=run_sweep)
 
 
+def _check_layers_early(args, layers: list[int] | None) -> None:
+    """Refuse a layer the model lacks from its config alone, before the weights load (no config: later)."""
+    if layers is None:
+        return
+    from transformers import AutoConfig
+
+    from selfrec_ft.models.loading import adapter_base, is_adapter_dir
+    from selfrec_ft.steering.hooks import check_layers
+
+    src = args.model
+    if is_adapter_dir(src):
+        src = args.base_model or adapter_base(src)
+    try:
+        n = getattr(AutoConfig.from_pretrained(src).get_text_config(), "num_hidden_layers", None)
+    except (OSError, ValueError):
+        return
+    if isinstance(n, int):
+        check_layers(layers, n)
+
+
 def _scorer(args):
     from selfrec_ft.scoring.scorer import Scorer
 
@@ -137,7 +157,10 @@ def run_fit(args: argparse.Namespace) -> int:
         print(f"--n-articles {n}: the model's training articles (its training manifest)", file=sys.stderr)
     spec = EvalSpec(corpus=corpus, self_source=args.self_source, others=split_list(args.others),
                     tasks=("pairwise-recognition",), preset=args.prompt_preset)
-    directions = fit_directions(_scorer(args), spec, n, _layers(args.layers),
+    layers = _layers(args.layers)
+    scorer = _scorer(args)  # checks the model path
+    _check_layers_early(args, layers)
+    directions = fit_directions(scorer, spec, n, layers,
                                 heldout_fraction=args.heldout_fraction, seed=args.seed, progress=not args.no_progress)
     out = directions.save(args.out)
     md = separation_markdown(directions)
