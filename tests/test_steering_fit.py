@@ -439,3 +439,27 @@ def test_cli_fit_errors_are_one_line(tiny_model_dir, short_corpus_dir, tmp_path,
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "d" / "directions.json").exists()
+
+
+@pytest.mark.parametrize("content,message", [
+    (b'{"directions": ', "directions.json:1: malformed JSON"),
+    (b"\xff\xfe{}", "directions.json: not valid UTF-8"),
+    (b"[]", 'expected an object with "directions"'),
+])
+def test_a_damaged_directions_manifest_is_one_line(directions, tmp_path, capsys, content, message):
+    import shutil
+
+    from selfrec_ft.steering.directions import Directions
+
+    d = shutil.copytree(directions.manifest["path"], tmp_path / "d")
+    (d / "directions.json").write_bytes(content)
+    rc = main(["steer", "sweep", "--directions", str(d), "--model", "m", "--corpus", "c", "--self-source", SELF,
+               "--mode", "scale", "--values", "1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    # the vectors must match the hash the manifest recorded
+    shutil.copy(Path(directions.manifest["path"]) / "directions.json", d / "directions.json")
+    data = (d / "directions.safetensors").read_bytes()
+    (d / "directions.safetensors").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(Exception, match="does not match the hash"):
+        Directions.load(d)

@@ -143,6 +143,7 @@ def run_fit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from selfrec_ft.data.corpus import load_corpus
+    from selfrec_ft.jsonl import atomic_write_text
     from selfrec_ft.scoring.heldout import resolve_heldout
     from selfrec_ft.scoring.spec import EvalSpec
     from selfrec_ft.steering.directions import MANIFEST_FILE, fit_directions, separation_markdown
@@ -164,7 +165,7 @@ def run_fit(args: argparse.Namespace) -> int:
                                 heldout_fraction=args.heldout_fraction, seed=args.seed, progress=not args.no_progress)
     out = directions.save(args.out)
     md = separation_markdown(directions)
-    (Path(out) / "directions.md").write_text(md, encoding="utf-8")
+    atomic_write_text(Path(out) / "directions.md", md)
     print(md, end="")
     best = directions.manifest.get("best_layer", {})
     print(f"best layers (held-out AUROC): " + ", ".join(f"{k} {v}" for k, v in best.items() if k != "random"))

@@ -146,6 +146,8 @@ class Directions:
             manifest = json.loads(man_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise UserError(f"malformed JSON ({exc.msg})", man_path, exc.lineno) from None
+        except UnicodeDecodeError:
+            raise UserError("not valid UTF-8", man_path) from None
         if not isinstance(manifest, dict) or not isinstance(manifest.get("directions"), dict):
             raise UserError('expected an object with "directions"', man_path)
         if manifest.get("directions_sha256") and sha256_file(vec_path) != manifest["directions_sha256"]:

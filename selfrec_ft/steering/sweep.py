@@ -119,6 +119,10 @@ def _check_config(path: Path, config: dict[str, Any]) -> None:
         old = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise UserError(f"malformed JSON ({exc.msg})", path, exc.lineno) from None
+    except UnicodeDecodeError:
+        raise UserError("not valid UTF-8", path) from None
+    if not isinstance(old, dict):
+        raise UserError("expected a JSON object (the setting of a steering sweep)", path)
     changed = [k for k in config if old.get(k) != config[k]]
     if changed:
         k = changed[0]
