@@ -59,3 +59,13 @@ GENERATION_BACKENDS = ("hf", "vllm")
 DPO_DIRECTIONS = ("inject", "remove")
 MANIFEST_FILE = "training_manifest.json"
 HOOK_FILE = "selfrec_hook.jsonl"
+
+# ------------------------------------------------------------------------------------- steering
+STEER_KINDS = ("authorship", "readout", "length", "random")
+"""Directions ``selfrec steer fit`` writes: the two of issue 17 and two controls (an unrelated
+attribute, summary length; a seeded random direction with authorship's norm)."""
+STEER_MODES = ("add", "scale")
+"""``add``: α·norm·u at one summary's tokens; ``scale``: the component along u times λ."""
+STEER_TARGETS = ("self", "other")
+STEER_NULL_VALUE = {"add": 0.0, "scale": 1.0}
+"""The value of each mode that leaves the model unchanged (the sweep's baseline point)."""

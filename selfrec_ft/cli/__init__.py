@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "report_cmd",
     "analyze_cmd",
     "dissect_cmd",
+    "steer_cmd",
 ]
 
 

@@ -34,6 +34,7 @@ are gathered (``accelerate.utils.gather_object``), so every process returns all 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from selfrec_ft.scoring.packed_attention import (
 )
 from selfrec_ft.scoring.packing import (  # noqa: F401  (common_prefix_len, Unit: re-exported)
     RowPlan,
+    Span,
     Unit,
     common_prefix_len,
     full_ids,
@@ -68,35 +70,45 @@ ATTENTION_MODE: str | None = None
 @dataclass
 class ScoreRequest:
     """What to score. ``option_ids`` are read at the position after ``prompt_ids``; ``span_ids`` (if
-    given) are scored as a continuation of the prompt. ``group`` marks prompts sharing a prefix."""
+    given) are scored as a continuation of the prompt. ``group`` marks prompts sharing a prefix.
+    ``summary_spans`` (``{"self": (start, end), "other": ...}``, token positions in ``prompt_ids``)
+    say where the prompt's summaries are, for layer hooks that act on them (steering)."""
 
     prompt_ids: list[int]
     option_ids: dict[str, int] = field(default_factory=dict)
     group: Hashable | None = None
     span_ids: list[int] | None = None
+    summary_spans: dict[str, tuple[int, int]] | None = None
 
 
 @dataclass
 class ScoreResult:
     """``probs``: raw p(o), softmax over the full vocabulary; ``p_hat``: p(o)/Σp (None when the mass
-    is zero or not finite); ``option_mass``: Σp; ``mean_logprob``: mean log p of the span tokens."""
+    is zero or not finite); ``option_mass``: Σp; ``mean_logprob``: mean log p of the span tokens;
+    ``recorded``: what the call's layer hooks recorded for the request (:func:`score_requests`)."""
 
     probs: dict[str, float] | None = None
     p_hat: dict[str, float] | None = None
     option_mass: float | None = None
     mean_logprob: float | None = None
     n_span_tokens: int = 0
+    recorded: Any = None  # what layer hooks recorded for this request (e.g. activations), if anything
 
 
 def as_request(r: ScoreRequest | Mapping[str, Any]) -> ScoreRequest:
     """A :class:`ScoreRequest` from itself or a mapping with the same keys (validated)."""
     if not isinstance(r, ScoreRequest):
+        spans = r.get("summary_spans")
         r = ScoreRequest(prompt_ids=list(r["prompt_ids"]), option_ids=dict(r.get("option_ids") or {}),
-                         group=r.get("group"), span_ids=None if r.get("span_ids") is None else list(r["span_ids"]))
+                         group=r.get("group"), span_ids=None if r.get("span_ids") is None else list(r["span_ids"]),
+                         summary_spans=None if spans is None else {k: tuple(v) for k, v in spans.items()})
     if not r.prompt_ids:
         raise ValueError("a scoring request needs at least one prompt token")
     if not r.option_ids and not r.span_ids:
         raise ValueError("a scoring request needs option_ids or a non-empty span_ids")
+    for role, (a, b) in (r.summary_spans or {}).items():
+        if not 0 <= a < b <= len(r.prompt_ids):
+            raise ValueError(f"summary span {role!r} ({a}, {b}) is not inside the prompt's {len(r.prompt_ids)} tokens")
     return r
 
 
@@ -176,9 +188,12 @@ def _call(model, keep, **inputs):
     return out
 
 
-def _forward_plain(model, rows: Sequence[ScoreRequest], device, pad: int) -> list[ScoreResult]:
+def _forward_plain(model, rows: Sequence[ScoreRequest], device, pad: int, indices: Sequence[int] = (),
+                   hooks=None) -> list[ScoreResult]:
     seqs = [full_ids(r) for r in rows]
     width = max(len(s) for s in seqs)
+    if hooks is not None:  # left padding: request i's tokens end the row, at positions 0, 1, ...
+        hooks.set_rows([[Span(width - len(s), width, (i,), 0)] for i, s in zip(indices, seqs)])
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for b, s in enumerate(seqs):
@@ -192,9 +207,11 @@ def _forward_plain(model, rows: Sequence[ScoreRequest], device, pad: int) -> lis
     return [_result(r, out.logits[b, keep - 1 - len(r.span_ids or ()):]) for b, r in enumerate(rows)]
 
 
-def _forward_packed(model, row: RowPlan, store: PrefixStore, device) -> list[tuple[int, torch.Tensor]]:
+def _forward_packed(model, row: RowPlan, store: PrefixStore, device, hooks=None) -> list[tuple[int, torch.Tensor]]:
     """The logits read for each request of one packed row. Its layout (with every token's requests
     and positions) travels to every decoder layer and attention module as ``selfrec_layout``."""
+    if hooks is not None:
+        hooks.set_rows([row.spans])
     ids = torch.tensor([row.ids], dtype=torch.long, device=device)
     layout = PackedLayout([row.families], store=store, mode=ATTENTION_MODE, spans=[row.spans])
     out = _call(model, torch.tensor(row.keep, device=device), input_ids=ids,
@@ -208,7 +225,7 @@ def _forward_packed(model, row: RowPlan, store: PrefixStore, device) -> list[tup
 
 
 def _score_plain(model, reqs: Sequence[ScoreRequest], indices: list[int], batch_size: int,
-                 max_batch_tokens: int | None, bar) -> dict[int, ScoreResult]:
+                 max_batch_tokens: int | None, bar, hooks=None) -> dict[int, ScoreResult]:
     device, pad = _input_device(model), pad_id(model)
     results: dict[int, ScoreResult] = {}
 
@@ -217,21 +234,21 @@ def _score_plain(model, reqs: Sequence[ScoreRequest], indices: list[int], batch_
 
     order = sorted(indices, key=full_len, reverse=True)
     for batch in plain_batches(order, full_len, batch_size, max_batch_tokens):
-        for i, res in zip(batch, _forward_plain(model, [reqs[i] for i in batch], device, pad)):
+        for i, res in zip(batch, _forward_plain(model, [reqs[i] for i in batch], device, pad, batch, hooks)):
             results[i] = res
         bar.update(len(batch))
     return results
 
 
 def _score_packed(model, reqs: Sequence[ScoreRequest], units: Sequence[Unit], batch_size: int,
-                  max_batch_tokens: int | None, bar) -> dict[int, ScoreResult]:
+                  max_batch_tokens: int | None, bar, hooks=None) -> dict[int, ScoreResult]:
     device = _input_device(model)
     rows = pack_rows(reqs, units, max_batch_tokens or DEFAULT_ROW_TOKENS, batch_size)
     store = PrefixStore()
     results: dict[int, ScoreResult] = {}
     with packed_attention_enabled(model):
         for row in rows:
-            for i, logits in _forward_packed(model, row, store, device):
+            for i, logits in _forward_packed(model, row, store, device, hooks):
                 results[i] = _result(reqs[i], logits)
             for key in row.drops:
                 store.drop(key)
@@ -262,6 +279,7 @@ def score_requests(
     progress: bool = True,
     desc: str = "scoring",
     distributed: bool = True,
+    layer_hooks=None,
 ) -> list[ScoreResult]:
     """Score ``requests`` with ``model`` (a causal LM, possibly a PEFT model); results in input order.
 
@@ -270,6 +288,16 @@ def score_requests(
     :data:`DEFAULT_ROW_TOKENS`). A request longer than that runs alone. ``prefix_reuse=False`` scores
     every request in plain padded batches (same numbers, more work). With several ``accelerate`` processes
     (and ``distributed``) each scores a shard and every process returns all results.
+
+    ``layer_hooks`` (steering: :class:`selfrec_ft.steering.hooks.LayerHooks`) act on or read the
+    decoder layers' outputs at chosen tokens of each request. The engine asks it how much of each
+    request may sit in a shared prefix (``shared_limit(request)``: an intervened token must belong to
+    its request alone, so a group's prefix is cut before the first one), attaches it for the call
+    (``attach(model, requests)``, a context manager that removes its hooks after), tells it before
+    every forward which requests own which tokens at which positions (``set_rows(rows)``: per batch
+    row a list of :class:`~selfrec_ft.scoring.packing.Span`; packed and plain paths alike) and puts
+    what it recorded for each request into ``ScoreResult.recorded`` (``take(index)``; gathered across
+    processes with the results).
     """
     from tqdm.auto import tqdm
 
@@ -278,7 +306,11 @@ def score_requests(
     reqs = [as_request(r) for r in requests]
     model = _unwrap(model)
     fast = prefix_reuse and supports_packed_attention(model)
-    units = plan_units(reqs, prefix_reuse=fast)
+    if layer_hooks is not None and _is_prompt_learning(model):
+        raise ValueError("layer hooks cannot act on a prompt-learning adapter's model (virtual tokens shift "
+                         "every position)")
+    limits = None if layer_hooks is None else [layer_hooks.shared_limit(r) for r in reqs]
+    units = plan_units(reqs, prefix_reuse=fast, share_limits=limits)
     state = distributed_state() if distributed else None
     if state is not None:
         units = sorted(units, key=lambda u: u.cost(reqs), reverse=True)[state.process_index::state.num_processes]
@@ -286,14 +318,19 @@ def score_requests(
     was_training = model.training
     model.eval()
     show = progress and (state is None or state.is_main_process)
+    attached = layer_hooks.attach(model, reqs) if layer_hooks is not None else contextlib.nullcontext()
     try:
-        with torch.inference_mode(), tqdm(total=n_mine, desc=desc, disable=not show, unit="prompt",
-                                          dynamic_ncols=True) as bar:
+        with torch.inference_mode(), attached, tqdm(total=n_mine, desc=desc, disable=not show, unit="prompt",
+                                                    dynamic_ncols=True) as bar:
             if fast:
-                mine = _score_packed(model, reqs, units, batch_size, max_batch_tokens, bar)
+                mine = _score_packed(model, reqs, units, batch_size, max_batch_tokens, bar, layer_hooks)
             else:  # virtual tokens of a prompt-learning adapter shift positions under padding: one at a time
                 mine = _score_plain(model, reqs, [i for u in units for i in u.indices],
-                                    1 if _is_prompt_learning(model) else batch_size, max_batch_tokens, bar)
+                                    1 if _is_prompt_learning(model) else batch_size, max_batch_tokens, bar,
+                                    layer_hooks)
+            if layer_hooks is not None:
+                for i, res in mine.items():
+                    res.recorded = layer_hooks.take(i)
     finally:
         model.train(was_training)
     if state is not None:

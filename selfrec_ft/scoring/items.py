@@ -10,14 +10,20 @@ For each article (in the given order):
   domain's generation prompt (``generate-short`` / ``generate-highlights``).
 
 Prompts of one template and article form one engine ``group`` (they share the system prompt, the
-instructions and the article). When a prompt is too long for ``max_length`` its article is
-shortened, and every prompt of its group gets that same shortened article (all sources and both
-orders are judged on one text); summaries are never shortened. Shortened prompts are counted, and
-pairs or summaries missing from the corpus are skipped and counted.
+instructions and the article). Every pairwise and individual request carries the token spans of its
+summaries by role (``summary_spans``: ``"self"`` / ``"other"`` -> ``[start, end)`` in its prompt
+ids, :func:`summary_token_spans`), which steering hooks act on; ``None`` where they cannot be
+located (a tokenizer without offsets, a chat template that rewrites the text). When a prompt is too
+long for ``max_length`` its article is shortened, and every prompt of its group gets that same
+shortened article (all sources and both orders are judged on one text); summaries are never
+shortened. Shortened prompts are counted, and pairs or summaries missing from the corpus are skipped
+and counted.
 """
 
 from __future__ import annotations
 
+import re
+import string
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -187,6 +193,85 @@ def render_group(tokenizer, tmpl: TaskTemplate, values_list: Sequence[dict[str, 
     return out
 
 
+def template_field_spans(template: str, content: str, known: Mapping[str, str]) -> dict[str, tuple[int, int]] | None:
+    """Character spans ``[start, end)`` in ``content`` (``template`` formatted) of the fields in
+    ``known`` (their exact values). Other fields (the article, which may have been shortened) match
+    any text. None when ``content`` is not the template filled in."""
+    parts, fields = [], []
+    for literal, name, spec, conv in string.Formatter().parse(template):
+        parts.append(re.escape(literal))
+        if name is None:
+            continue
+        if name in known and not spec and not conv:
+            parts.append(f"({re.escape(known[name])})")
+        else:
+            parts.append("(.*?)")
+        fields.append(name)
+    m = re.fullmatch("".join(parts), content, flags=re.DOTALL)
+    if m is None:
+        return None
+    return {name: m.span(g) for g, name in enumerate(fields, start=1) if name in known}
+
+
+def token_spans(offsets: Sequence[tuple[int, int]], n_tokens: int, char_spans: Mapping[str, tuple[int, int]]
+                ) -> dict[str, tuple[int, int]] | None:
+    """Token spans ``[first, last + 1)`` among the first ``n_tokens`` tokens (``offsets``: each token's
+    character span in the text) of every character span: the tokens that overlap it, so a piece that
+    merges a summary's first or last characters with the text around it belongs to the summary. None
+    when a span has no token."""
+    out = {}
+    for name, (c0, c1) in char_spans.items():
+        hit = [t for t, (s, e) in enumerate(offsets[:n_tokens]) if e > s and e > c0 and s < c1]
+        if not hit:
+            return None
+        out[name] = (hit[0], hit[-1] + 1)
+    return out
+
+
+def summary_roles(meta: Mapping[str, Any], self_source: str) -> dict[str, str]:
+    """Template field -> role of the summary it shows: ``self`` or ``other`` (pairwise prompts by
+    their order, individual prompts by their target source)."""
+    if "order" in meta:
+        fwd = meta["order"] == "forward"
+        return {"summary1": "self" if fwd else "other", "summary2": "other" if fwd else "self"}
+    return {"summary": "self" if meta.get("target_source") == self_source else "other"}
+
+
+def summary_token_spans(tokenizer, tmpl: TaskTemplate, rp: RenderedPrompt, values: Mapping[str, str],
+                        roles: Mapping[str, str]) -> dict[str, tuple[int, int]] | None:
+    """``{role: (start, end)}``: where each summary of a rendered prompt lies in its token ids.
+
+    ``values`` are the prompt's template values (summaries never shortened; the article may have
+    been), ``roles`` maps the summary fields (``summary1``, ...) to role names (``self`` / ``other``). The prompt is rendered again as the answer slot rendered it (the
+    conversation with the first option as the answer), tokenized with character offsets, and each
+    summary's characters located in the user turn by matching the template. None when the tokenizer
+    gives no offsets (a slow tokenizer), the tokens differ from the prompt's, or the chat template
+    rewrote the user text so that the summaries cannot be found."""
+    content = rp.messages[-1]["content"]
+    summaries = {f: values[f] for f in roles if f in values}
+    fields = template_field_spans(tmpl.user, content, summaries)
+    if fields is None:
+        return None
+    conv = rp.messages + [{"role": "assistant", "content": tmpl.assistant_prefix + tmpl.options[0]}]
+    text = chat_text(tokenizer, conv, False)
+    base = text.find(content)
+    if base < 0:  # templates that strip the turn's text
+        stripped = content.strip()
+        found = text.find(stripped) if stripped else -1
+        if found < 0:
+            return None
+        base = found - (len(content) - len(content.lstrip()))
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, ValueError, TypeError):
+        return None
+    n = len(rp.input_ids)
+    if list(enc["input_ids"][:n]) != list(rp.input_ids):
+        return None
+    spans = token_spans(enc["offset_mapping"], n, {roles[f]: (base + a, base + b) for f, (a, b) in fields.items()})
+    return spans
+
+
 def build_items(corpus: Corpus, tokenizer, spec: EvalSpec, article_ids: Sequence[str], max_length: int | None = None
                 ) -> ScoringItems:
     """Scoring items of ``spec`` (self source, others, tasks, preset, templates, domain) on
@@ -256,8 +341,10 @@ def build_items(corpus: Corpus, tokenizer, spec: EvalSpec, article_ids: Sequence
                         continue
                     values = {k: v for k, v in {"article": article, "summary": text}.items() if k in tmpl.fields}
                     jobs.append(({"task": task, "article_id": aid, "target_source": target}, values))
-            for (meta, _), rp in zip(jobs, render_group(tokenizer, tmpl, [v for _, v in jobs], max_length)):
-                add(meta, ScoreRequest(rp.input_ids, rp.option_ids, group), rp.shortened, tmpl.name, task)
+            for (meta, values), rp in zip(jobs, render_group(tokenizer, tmpl, [v for _, v in jobs], max_length)):
+                spans = summary_token_spans(tokenizer, tmpl, rp, values, summary_roles(meta, self_source))
+                add(meta, ScoreRequest(rp.input_ids, rp.option_ids, group, summary_spans=spans), rp.shortened,
+                    tmpl.name, task)
         if gen_tmpl is not None:
             targets = []
             for target in [self_source, *others]:

@@ -60,9 +60,12 @@ class Unit:
         return self.prefix_len + self.cost(reqs) - self.prefix_len * len(self.indices)
 
 
-def plan_units(reqs: Sequence[ScoreRequest], prefix_reuse: bool = True, min_prefix: int = 1) -> list[Unit]:
+def plan_units(reqs: Sequence[ScoreRequest], prefix_reuse: bool = True, min_prefix: int = 1,
+               share_limits: Sequence[int | None] | None = None) -> list[Unit]:
     """Cached groups (≥ 2 requests with a common prefix of at least ``min_prefix`` tokens that leaves
-    every prompt at least one token) and one unit per other request."""
+    every prompt at least one token) and one unit per other request. ``share_limits[i]`` (None: no
+    limit) caps the prefix request ``i`` may share: its tokens from there on are its own (a layer
+    hook acts on them)."""
     by_group: dict[Hashable, list[int]] = {}
     units: list[Unit] = []
     for i, r in enumerate(reqs):
@@ -73,6 +76,8 @@ def plan_units(reqs: Sequence[ScoreRequest], prefix_reuse: bool = True, min_pref
     for idx in by_group.values():
         prompts = [reqs[i].prompt_ids for i in idx]
         p = min(common_prefix_len(prompts), min(len(s) for s in prompts) - 1)
+        caps = [share_limits[i] for i in idx if share_limits[i] is not None] if share_limits else []
+        p = min([p, *caps])
         if len(idx) >= 2 and p >= min_prefix:
             units.append(Unit(idx, p))
         else:

@@ -12,9 +12,10 @@ model, the dtype is the model's and the caller keeps ownership: ``close`` only f
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from selfrec_ft.defaults import DEFAULT_BATCH_SIZE
@@ -41,6 +42,7 @@ class Scorer:
         if max_batch_tokens is not None and max_batch_tokens < 1:
             raise UserError(f"max batch tokens must be at least 1, got {max_batch_tokens}")
         self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
+        self.layer_hooks = None  # steering / activation recording: see hooked()
         self.device, self.base_model = device, base_model
         self._max_length = _UNSET if max_length is None else max_length
         self._path: str | None = None
@@ -138,13 +140,25 @@ class Scorer:
                             f"{spec.skip_first} are skipped", corpus.path)
         return build_items(corpus, self.tokenizer, spec, article_ids, self.max_length)
 
+    @contextlib.contextmanager
+    def hooked(self, layer_hooks) -> Iterator["Scorer"]:
+        """``with scorer.hooked(hooks):`` every scoring call in the block runs with these layer hooks
+        (:mod:`selfrec_ft.steering.hooks`: an intervention, or a recorder whose per-request data land in
+        ``ScoreResult.recorded``); the scorer is unhooked again after the block."""
+        before, self.layer_hooks = self.layer_hooks, layer_hooks
+        try:
+            yield self
+        finally:
+            self.layer_hooks = before
+
     def score(self, requests: Sequence[ScoreRequest], *, progress: bool = False, desc: str = "scoring"
               ) -> list[ScoreResult]:
-        """Raw engine results of ``requests``, in order."""
+        """Raw engine results of ``requests``, in order (with :attr:`layer_hooks` attached, if any)."""
         if not requests:
             return []
         return score_requests(self.model, list(requests), batch_size=self.batch_size,
-                              max_batch_tokens=self.max_batch_tokens, progress=progress, desc=desc)
+                              max_batch_tokens=self.max_batch_tokens, progress=progress, desc=desc,
+                              layer_hooks=self.layer_hooks)
 
     def score_items(self, items, *, progress: bool = False, desc: str = "scoring") -> list[dict[str, Any]]:
         """The ``examples.jsonl`` rows of ``items`` (docs/ARCHITECTURE.md, "Scoring rows"), in order."""
