@@ -95,8 +95,12 @@ def _check_spans(items, corpus, tokenizer):
 def test_rendered_prompts_carry_their_summaries_token_spans(tiny_tokenizer, short_corpus_dir):
     corpus = load_corpus(short_corpus_dir)
     spec = EvalSpec(corpus=corpus, self_source=SELF, tasks=(*TASKS, "individual-score"))
-    items = build_items(corpus, tiny_tokenizer, spec, [a.id for a in corpus.articles[:4]])
+    items = build_items(corpus, tiny_tokenizer, spec, [a.id for a in corpus.articles[:4]], spans=True)
     assert _check_spans(items, corpus, tiny_tokenizer) == 4 * (4 + 4 + 2)
+    # plain scoring does not locate them (a second render per prompt): only when asked
+    plain = build_items(corpus, tiny_tokenizer, spec, [a.id for a in corpus.articles[:4]])
+    assert [it.request.prompt_ids for it in plain] == [it.request.prompt_ids for it in items]
+    assert all(it.request.summary_spans is None for it in plain)
 
 
 def test_spans_with_a_template_that_glues_summaries_to_the_text(tiny_tokenizer, short_corpus_dir, tmp_path):
@@ -108,7 +112,7 @@ def test_spans_with_a_template_that_glues_summaries_to_the_text(tiny_tokenizer, 
         "    options: ['1', '2']\n", encoding="utf-8")
     corpus = load_corpus(short_corpus_dir)
     spec = EvalSpec(corpus=corpus, self_source=SELF, tasks=("pairwise-recognition",), preset=str(preset))
-    items = build_items(corpus, tiny_tokenizer, spec, [a.id for a in corpus.articles[:3]], max_length=200)
+    items = build_items(corpus, tiny_tokenizer, spec, [a.id for a in corpus.articles[:3]], max_length=200, spans=True)
     for it in items:
         m, (a, b) = it.meta, it.request.summary_spans["other"]
         text = corpus.summary(m["article_id"], m["other_source"]).strip()
@@ -180,7 +184,7 @@ def test_directions_and_separation_match_hidden_states_alone(directions, tiny_mo
     model, _ = load_model(tiny_model_dir, dtype="float32", device="cpu")
     corpus = load_corpus(short_corpus_dir)
     spec = EvalSpec(corpus=corpus, self_source=SELF, tasks=("pairwise-recognition",))
-    items = build_items(corpus, tiny_tokenizer, spec, [a.id for a in corpus.articles[:N_FIT]])
+    items = build_items(corpus, tiny_tokenizer, spec, [a.id for a in corpus.articles[:N_FIT]], spans=True)
     held = set(directions.manifest["heldout_article_ids"])
     for layer in (0, 1):
         rows = []
@@ -420,7 +424,7 @@ def test_a_direction_of_another_hidden_size_is_refused(tiny_model_dir, short_cor
     scorer = Scorer(str(tiny_model_dir))
     corpus = load_corpus(short_corpus_dir)
     spec = EvalSpec(corpus=corpus, self_source=SELF, tasks=("pairwise-recognition",))
-    items = build_items(corpus, scorer.tokenizer, spec, [corpus.articles[0].id])
+    items = build_items(corpus, scorer.tokenizer, spec, [corpus.articles[0].id], spans=True)
     size = scorer.model.config.hidden_size
     with pytest.raises(UserError, match=f"has {size + 1} dimensions but the model's residual stream has {size}"):
         with scorer.hooked(Intervention("add", {0: torch.ones(size + 1)}, target="self")):

@@ -10,7 +10,7 @@ For each article (in the given order):
   domain's generation prompt (``generate-short`` / ``generate-highlights``).
 
 Prompts of one template and article form one engine ``group`` (they share the system prompt, the
-instructions and the article). Every pairwise and individual request carries the token spans of its
+instructions and the article). With ``spans``, every pairwise and individual request carries the token spans of its
 summaries by role (``summary_spans``: ``"self"`` / ``"other"`` -> ``[start, end)`` in its prompt
 ids, :func:`summary_token_spans`), which steering hooks act on; ``None`` where they cannot be
 located (a tokenizer without offsets, a chat template that rewrites the text). When a prompt is too
@@ -272,15 +272,17 @@ def summary_token_spans(tokenizer, tmpl: TaskTemplate, rp: RenderedPrompt, value
     return spans
 
 
-def build_items(corpus: Corpus, tokenizer, spec: EvalSpec, article_ids: Sequence[str], max_length: int | None = None
-                ) -> ScoringItems:
+def build_items(corpus: Corpus, tokenizer, spec: EvalSpec, article_ids: Sequence[str], max_length: int | None = None,
+                spans: bool = False) -> ScoringItems:
     """Scoring items of ``spec`` (self source, others, tasks, preset, templates, domain) on
     ``article_ids`` of ``corpus`` (the spec's corpus, loaded), rendered with ``tokenizer`` within
     ``max_length``; see the module docstring.
 
     ``others`` defaults to every corpus source but the self source. ``domain`` (``short`` /
     ``highlights``) is written into every row and picks the generation template for familiarity.
-    :meth:`selfrec_ft.scoring.scorer.Scorer.items` is the usual way in.
+    :meth:`selfrec_ft.scoring.scorer.Scorer.items` is the usual way in. With ``spans`` every request
+    carries its summaries' token spans (steering needs them; locating them renders and tokenizes each
+    prompt a second time, so plain scoring leaves them ``None``).
     """
     self_source, others, domain = spec.self_source, spec.others, spec.domain
     tasks, templates, preset, familiarity = spec.scored_tasks, spec.template_map, spec.preset, spec.familiarity
@@ -342,8 +344,9 @@ def build_items(corpus: Corpus, tokenizer, spec: EvalSpec, article_ids: Sequence
                     values = {k: v for k, v in {"article": article, "summary": text}.items() if k in tmpl.fields}
                     jobs.append(({"task": task, "article_id": aid, "target_source": target}, values))
             for (meta, values), rp in zip(jobs, render_group(tokenizer, tmpl, [v for _, v in jobs], max_length)):
-                spans = summary_token_spans(tokenizer, tmpl, rp, values, summary_roles(meta, self_source))
-                add(meta, ScoreRequest(rp.input_ids, rp.option_ids, group, summary_spans=spans), rp.shortened,
+                where = summary_token_spans(tokenizer, tmpl, rp, values, summary_roles(meta, self_source)) \
+                    if spans else None
+                add(meta, ScoreRequest(rp.input_ids, rp.option_ids, group, summary_spans=where), rp.shortened,
                     tmpl.name, task)
         if gen_tmpl is not None:
             targets = []

@@ -138,7 +138,9 @@ class Scorer:
         if not article_ids:
             raise UserError(f"no articles to evaluate: the corpus has {len(corpus.articles)} and the first "
                             f"{spec.skip_first} are skipped", corpus.path)
-        return build_items(corpus, self.tokenizer, spec, article_ids, self.max_length)
+        # summary token spans only for a hooked scorer (steering acts on them; they cost a second render)
+        return build_items(corpus, self.tokenizer, spec, article_ids, self.max_length,
+                           spans=self.layer_hooks is not None)
 
     @contextlib.contextmanager
     def hooked(self, layer_hooks) -> Iterator["Scorer"]:

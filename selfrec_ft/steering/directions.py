@@ -237,7 +237,7 @@ def fit_directions(scorer, spec: EvalSpec, n_articles: int, layers: Sequence[int
     n_layers = num_layers(model)
     layers = check_layers(default_layers(n_layers) if layers is None else layers, n_layers)
     items = build_items(corpus, scorer.tokenizer, spec.replace(tasks=(FIT_TASK,), skip_first=0, limit=None),
-                        article_ids, scorer.max_length)
+                        article_ids, scorer.max_length, spans=True)
     if not len(items):
         raise UserError("no pairwise prompt on the training articles (are the summaries missing?)", corpus.path)
     if any(it.request.summary_spans is None for it in items):
