@@ -20,6 +20,7 @@ from typing import Any
 
 from selfrec_ft.defaults import DEFAULT_TASKS, EXAMPLES_FILE, FAMILIARITY, REPORT_JSON, REPORT_MD  # noqa: F401
 from selfrec_ft.errors import UserError
+from selfrec_ft.files import writable_dir
 from selfrec_ft.jsonl import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl_rows
 from selfrec_ft.scoring.engine import distributed_state
 from selfrec_ft.scoring.items import ScoringItem, ScoringItems, row_key
@@ -120,8 +121,7 @@ def evaluate(scorer: Scorer, spec: EvalSpec, out_dir: str | os.PathLike, *, prog
 
     corpus = spec.load_corpus()
     items = scorer.items(spec, corpus)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(out_dir)
     examples = out / EXAMPLES_FILE
     _check_config(out / CONFIG_FILE, {
         "model": scorer.source,
