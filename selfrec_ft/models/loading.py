@@ -49,6 +49,8 @@ def absolute_if_local(path: str) -> str:
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
 """Files one of which a local tokenizer needs (``tokenizer_config.json`` alone is not a tokenizer)."""
+NO_TOKENIZER = (f"no tokenizer files in the model directory (expected one of {', '.join(TOKENIZER_FILES)}; "
+                "save them there with tokenizer.save_pretrained)")
 CONVERT_HINT = ("convert it to safetensors once (pickle weights are not loaded: they can run code): python -c "
                 "\"from transformers import AutoModelForCausalLM as M; M.from_pretrained('{0}', "
                 "use_safetensors=False).save_pretrained('{0}')\"")
@@ -57,12 +59,6 @@ CONVERT_HINT = ("convert it to safetensors once (pickle weights are not loaded: 
 def _is_hub_id(path: str | os.PathLike) -> bool:
     text = os.fspath(path)
     return text.count("/") == 1 and not text.startswith((".", "/", "~")) and not Path(text).exists()
-
-
-def check_model_path(path: str | os.PathLike) -> None:
-    """A local path that does not exist is a user error (``owner/name`` may be a hub id)."""
-    if not Path(path).exists() and not _is_hub_id(path):
-        raise UserError("model path not found", path)
 
 
 def _has_tokenizer(path: Path) -> bool:
@@ -81,6 +77,17 @@ def _json_config(path: Path, what: str) -> dict:
     return data
 
 
+def _check_local_dir(p: Path, path) -> None:
+    if not p.exists():
+        raise UserError("model path not found", path)
+    if not p.is_dir():
+        raise UserError("not a model directory (a file; expected a directory with config.json, "
+                        "model.safetensors and the tokenizer)", path)
+    if not any(p.iterdir()):
+        raise UserError("the model directory is empty (expected config.json, model.safetensors and the "
+                        "tokenizer)", path)
+
+
 def check_model_dir(path: str | os.PathLike, tokenizer: bool = True) -> None:
     """A local model or LoRA adapter directory holds what loading it needs, else one
     :class:`UserError` saying what is missing: the path, ``config.json`` (valid JSON with a
@@ -90,14 +97,7 @@ def check_model_dir(path: str | os.PathLike, tokenizer: bool = True) -> None:
     if _is_hub_id(path):
         return
     p = Path(path).expanduser()
-    if not p.exists():
-        raise UserError("model path not found", path)
-    if not p.is_dir():
-        raise UserError("not a model directory (a file; expected a directory with config.json, "
-                        "model.safetensors and the tokenizer)", path)
-    if not any(p.iterdir()):
-        raise UserError("the model directory is empty (expected config.json, model.safetensors and the "
-                        "tokenizer)", path)
+    _check_local_dir(p, path)
     if is_adapter_dir(p):
         cfg = _json_config(p / "adapter_config.json", "adapter config")
         if not (p / "adapter_model.safetensors").is_file():
@@ -123,8 +123,7 @@ def check_model_dir(path: str | os.PathLike, tokenizer: bool = True) -> None:
             raise UserError("the model has only pytorch_model.bin: " + CONVERT_HINT.format(p), path)
         raise UserError("no model weights (model.safetensors) in the model directory", path)
     if tokenizer and not _has_tokenizer(p):
-        raise UserError(f"no tokenizer files in the model directory (expected one of {', '.join(TOKENIZER_FILES)}; "
-                        "save it there with tokenizer.save_pretrained)", path)
+        raise UserError(NO_TOKENIZER, path)
 
 
 # ----------------------------------------------------------------------------- dtypes and configs
@@ -183,16 +182,15 @@ def context_length(model_or_path, base_model: str | None = None) -> int | None:
 def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    check_model_path(path)
+    if not _is_hub_id(path):
+        _check_local_dir(Path(path).expanduser(), path)
     path = Path(path)
-    if path.is_dir() and not any(path.iterdir()):
-        raise UserError("the model directory is empty (expected config.json, model.safetensors and the tokenizer)", path)
     src = path if _has_tokenizer(path) or not is_adapter_dir(path) else Path(adapter_base(path))
-    if not _is_hub_id(src) and (Path(src) / "config.json").is_file():
-        _json_config(Path(src) / "config.json", "model config")  # AutoTokenizer reads it too
-    if not _is_hub_id(src) and not _has_tokenizer(Path(src)):
-        raise UserError(f"no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)}; save it there with "
-                        "tokenizer.save_pretrained)", src)
+    if not _is_hub_id(src):
+        if (Path(src) / "config.json").is_file():
+            _json_config(Path(src) / "config.json", "model config")  # AutoTokenizer reads it too
+        if not _has_tokenizer(Path(src)):
+            raise UserError(NO_TOKENIZER, src)
     tok = AutoTokenizer.from_pretrained(str(src), trust_remote_code=trust_remote_code)
     if tok.pad_token is None:  # Llama-2 ships without one; <unk> is the usual choice
         tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token

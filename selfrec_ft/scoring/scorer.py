@@ -45,7 +45,7 @@ class Scorer:
         self._max_length = _UNSET if max_length is None else max_length
         self._path: str | None = None
         if isinstance(model, (str, os.PathLike)):
-            check_model_dir(model)
+            check_model_dir(model, tokenizer=tokenizer is None)
             self._path = os.fspath(model)
             resolve_dtype(dtype)  # an unknown dtype fails now, not after scoring started
             self._dtype = dtype or "float32"
