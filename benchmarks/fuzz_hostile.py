@@ -207,6 +207,10 @@ def cases(w: Path) -> list[Case]:
         add(f"dpo model {name}", "dpo", (*dpo, "--model_name_or_path", w / name), models[name])
         add(f"dissect judge {name}", "cli", ("dissect", "--comparisons", w / "cmp_noprefs.jsonl", "--judge", w / name,
                                               "--out", out), models[name])
+    typo = "no-such-runs-dir/model"  # owner/name form: tried as a hub id (offline, or no such repo)
+    add("eval model typo'd relative path", "cli", (*ev, "--model", typo, "--out", out), "no such local directory")
+    add("train model typo'd relative path", "sft", (*sft, "--model_name_or_path", typo), "no such local directory")
+    add("dpo model typo'd relative path", "dpo", (*dpo, "--model_name_or_path", typo), "no such local directory")
     add("pairs tokenizer m_notok", "cli", (*pairs, "--tokenizer", w / "m_notok", "--out", w / "p.jsonl"),
         "no tokenizer")
     add("dpo sft_adapter ad_bin", "dpo", (*dpo, "--sft_adapter", w / "ad_bin"), "only adapter_model.bin")

@@ -149,6 +149,20 @@ def test_model_directories_say_what_is_missing(tmp_path, tiny_model_dir, corpus,
     else:
         expected = f"error: {d}: " + MODEL_PROBLEMS[problem].format(d=d)
     assert rc == 2 and line == expected
+    assert not out.exists()  # nothing left behind
+
+
+@pytest.mark.parametrize("command", ["eval", "train"])
+def test_a_mistyped_relative_model_path_is_one_line(tmp_path, corpus, capsys, monkeypatch, command):
+    """``runs/modle`` looks like a hub id (owner/name): offline (as here) or unknown, it is one line."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    argv = {"eval": ["eval", "--model", "runs/modle", "--corpus", corpus, "--self-source", "lead", "--out", "e"],
+            "train": ["train", *train_flags("runs/modle", corpus, tmp_path / "t")]}[command]
+    rc, _, err = cli(capsys, *argv)
+    assert rc == 2
+    assert one_error(err).startswith("error: runs/modle: no such local directory, and the hub cannot provide it "
+                                     "as a model id (")
 
 
 def test_converting_a_pytorch_bin_model_as_the_error_says_makes_it_load(tmp_path, tiny_model_dir, corpus, capsys):

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"unknown task(s) {', '.join(unknown)}; use {', '.join(TASKS)}")
     if args.familiarity and args.domain is None:
         raise UserError("--familiarity needs --domain (short or highlights) to pick the generation prompt")
-    writable_dir(args.out)  # before the model loads
+    writable_dir(args.out, create=False)  # before the model loads (nothing created yet)
     corpus = load_corpus(args.corpus)
     held = resolve_heldout(args.model, args.corpus, [a.id for a in corpus.articles], args.skip_first,
                            args.allow_train_articles, args.limit)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,20 @@ CONVERT_HINT = ("convert it to safetensors once (pickle weights are not loaded: 
 def _is_hub_id(path: str | os.PathLike) -> bool:
     text = os.fspath(path)
     return text.count("/") == 1 and not text.startswith((".", "/", "~")) and not Path(text).exists()
+
+
+@contextmanager
+def hub_errors(path: str | os.PathLike):
+    """An ``OSError`` of ``from_pretrained`` for a hub id (``owner/name`` that is no local path: a
+    typo'd directory, or a model the offline hub cache lacks) becomes one :class:`UserError`."""
+    try:
+        yield
+    except OSError as exc:
+        if not _is_hub_id(path):
+            raise
+        reason = " ".join(str(exc).split()).split(". ")[0].rstrip(".")[:200]
+        raise UserError(f"no such local directory, and the hub cannot provide it as a model id ({reason})",
+                        path) from None
 
 
 def _has_tokenizer(path: Path) -> bool:
@@ -191,7 +206,8 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
             _json_config(Path(src) / "config.json", "model config")  # AutoTokenizer reads it too
         if not _has_tokenizer(Path(src)):
             raise UserError(NO_TOKENIZER, src)
-    tok = AutoTokenizer.from_pretrained(str(src), trust_remote_code=trust_remote_code)
+    with hub_errors(src):
+        tok = AutoTokenizer.from_pretrained(str(src), trust_remote_code=trust_remote_code)
     if tok.pad_token is None:  # Llama-2 ships without one; <unk> is the usual choice
         tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
     return tok
@@ -218,12 +234,14 @@ def load_model(
 
         base = base_model or adapter_base(path)
         check_model_dir(base, tokenizer=False)
-        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+        with hub_errors(base):
+            model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
         model = PeftModel.from_pretrained(model, str(path))
         if merge_adapter:
             model = model.merge_and_unload()
     else:
-        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        with hub_errors(path):
+            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     model.to(device)
     model.eval()
@@ -266,5 +284,6 @@ def load_model_for_training(model_args, training_args):
     if not model_args.model_name_or_path:
         raise UserError("model_name_or_path is not set")
     check_model_dir(model_args.model_name_or_path)
-    return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path,
-                                                **training_model_kwargs(model_args, training_args))
+    with hub_errors(model_args.model_name_or_path):
+        return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path,
+                                                    **training_model_kwargs(model_args, training_args))

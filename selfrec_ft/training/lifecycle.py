@@ -59,13 +59,14 @@ def resolve_resume(training_args) -> str | None:
 
 
 def check_output_dir(training_args) -> Path:
-    """``output_dir`` is set and writable (created now): a file in the way, a read-only file system
-    or no permission is one line before the model loads, not a traceback at the first checkpoint."""
+    """``output_dir`` is set and can be written (nothing is created yet): a file in the way, a
+    read-only file system or no permission is one line before the model loads, not a traceback at
+    the first checkpoint."""
     from selfrec_ft.files import writable_dir
 
     if not training_args.output_dir:
         raise UserError("output_dir is not set")
-    return writable_dir(training_args.output_dir)
+    return writable_dir(training_args.output_dir, create=False)
 
 
 def resumed_step(resume: str | None) -> int:
