@@ -58,6 +58,18 @@ def resolve_resume(training_args) -> str | None:
     return str(value)
 
 
+def cpu_precision(training_args) -> str | None:
+    """Turn bf16/fp16 mixed precision off when training runs on CPU; returns the note (or None)."""
+    if training_args.device.type == "cpu" and (training_args.bf16 or training_args.fp16
+                                               or training_args.mixed_precision not in (None, "no")):
+        training_args.bf16 = training_args.fp16 = False
+        training_args.mixed_precision = "no"
+        note = "bf16/fp16 mixed precision turned off: training runs on CPU"
+        logger.warning(note)
+        return note
+    return None
+
+
 def check_output_dir(training_args) -> Path:
     """``output_dir`` is set and can be written (nothing is created yet): a file in the way, a
     read-only file system or no permission is one line before the model loads, not a traceback at
@@ -80,18 +92,6 @@ def resumed_step(resume: str | None) -> int:
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError("not a trainer checkpoint (no readable trainer_state.json with a global_step)",
                         resume) from None
-
-
-def cpu_precision(training_args) -> str | None:
-    """Turn bf16/fp16 mixed precision off when training runs on CPU; returns the note (or None)."""
-    if training_args.device.type == "cpu" and (training_args.bf16 or training_args.fp16
-                                               or training_args.mixed_precision not in (None, "no")):
-        training_args.bf16 = training_args.fp16 = False
-        training_args.mixed_precision = "no"
-        note = "bf16/fp16 mixed precision turned off: training runs on CPU"
-        logger.warning(note)
-        return note
-    return None
 
 
 def start_run(out: Path, manifest: dict[str, Any], args: tuple, state) -> None:
