@@ -20,7 +20,6 @@ from typing import Any
 
 from selfrec_ft.defaults import DEFAULT_TASKS, EXAMPLES_FILE, FAMILIARITY, REPORT_JSON, REPORT_MD  # noqa: F401
 from selfrec_ft.errors import UserError
-from selfrec_ft.files import writable_dir
 from selfrec_ft.jsonl import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl_rows
 from selfrec_ft.scoring.engine import distributed_state
 from selfrec_ft.scoring.items import ScoringItem, ScoringItems, row_key
@@ -118,6 +117,8 @@ def evaluate(scorer: Scorer, spec: EvalSpec, out_dir: str | os.PathLike, *, prog
     report.json / report.md and return them as an :class:`EvalResult`. The model is only loaded
     (a path-built scorer) when something is left to score."""
     from tqdm.auto import tqdm
+
+    from selfrec_ft.files import writable_dir
 
     corpus = spec.load_corpus()
     items = scorer.items(spec, corpus)
