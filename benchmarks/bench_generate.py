@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import GenerationConfig
 
     from selfrec_ft.data.synth import synth_corpus
-    from selfrec_ft.generation.generate import HFGenerator, _trim
+    from selfrec_ft.generation.generate import HFGenerator, trim_at_eos
     from selfrec_ft.jsonl import atomic_write_json
     from selfrec_ft.models.loading import load_model
     from selfrec_ft.models.tiny import make_tiny_model
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         for p in prompts:
             ids = torch.tensor([p])
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
-            kept, n_new = _trim(out[0, len(p):].tolist(), gen.eos)
+            kept, n_new = trim_at_eos(out[0, len(p):].tolist(), gen.eos)
             sequential.append(kept)
             sequential_tokens += n_new
     sequential_s = time.perf_counter() - t0

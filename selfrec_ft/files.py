@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -143,6 +144,26 @@ def ensure_dir(path: str | os.PathLike, for_file: str | os.PathLike | None = Non
         if path.exists() and not path.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "Not a directory", os.fspath(path))
         path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def writable_dir(path: str | os.PathLike, create: bool = True) -> Path:
+    """``path`` as a directory this process can write in: created (:func:`ensure_dir`) and probed
+    with a temporary file, so that a read-only file system, a permission problem or a file in the
+    way is one line before any work starts (not a traceback when the first result is saved). With
+    ``create=False`` nothing is left behind: the nearest existing directory on the way is probed."""
+    path = Path(path)
+    if create:
+        probe = ensure_dir(path)
+    else:
+        probe = next((p for p in (path, *path.parents) if os.path.lexists(p)), Path("."))
+        if not probe.is_dir():
+            with writing(path):
+                raise NotADirectoryError(errno.ENOTDIR, "Not a directory", os.fspath(probe))
+    with writing(path):
+        fd, name = tempfile.mkstemp(dir=probe, prefix=".selfrec-write-check-")
+        os.close(fd)
+        os.unlink(name)
     return path
 
 

@@ -188,17 +188,10 @@ if tuple(p.name for p in _PROPERTIES) != PROPERTY_NAMES:  # a programming error,
 def load_p2_definitions(path: str | os.PathLike) -> dict[str, str]:
     """P2's own definitions from ``all_characteristics.yaml`` (``{name: {content: text}}``), checked
     to hold exactly the 29 properties in feature order."""
-    import yaml
+    from selfrec_ft.files import parse_yaml, read_text
 
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
-    except OSError as exc:
-        raise UserError(f"cannot read P2 definitions: {exc.strerror}", path) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise UserError(f"malformed YAML: {exc}", path, None if mark is None else mark.line + 1) from None
+    data, _ = parse_yaml(read_text(path, "P2 definitions file"), path)
     if not isinstance(data, dict):
         raise UserError("expected a mapping of property name to {content: definition}", path)
     if tuple(data) != PROPERTY_NAMES:

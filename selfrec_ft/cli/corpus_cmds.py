@@ -96,6 +96,6 @@ def register(sub) -> None:
     synth = sub.add_parser("synth-corpus", help="write a synthetic news corpus (for tests and the demo)")
     synth.add_argument("out_dir")
     synth.add_argument("--domain", choices=GENERATION_DOMAINS, default="short")
-    synth.add_argument("--n", type=int, default=100, help="number of articles")
+    synth.add_argument("--n", type=int_at_least(1), default=100, help="number of articles")
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_synth)

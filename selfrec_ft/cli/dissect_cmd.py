@@ -115,6 +115,9 @@ def _scorer(path: str, args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
+    from selfrec_ft.files import writable_dir
+
+    writable_dir(args.out, create=False)  # before anything is read, judged or fitted (nothing created yet)
     kwargs = {}
     if args.folds is not None:
         if args.method == "map":

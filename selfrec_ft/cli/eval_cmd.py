@@ -78,6 +78,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from selfrec_ft.data.corpus import load_corpus
+    from selfrec_ft.files import writable_dir
     from selfrec_ft.scoring.evaluate import evaluate
     from selfrec_ft.scoring.heldout import resolve_heldout
     from selfrec_ft.scoring.scorer import Scorer
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"unknown task(s) {', '.join(unknown)}; use {', '.join(TASKS)}")
     if args.familiarity and args.domain is None:
         raise UserError("--familiarity needs --domain (short or highlights) to pick the generation prompt")
+    writable_dir(args.out, create=False)  # before the model loads (nothing created yet)
     corpus = load_corpus(args.corpus)
     held = resolve_heldout(args.model, args.corpus, [a.id for a in corpus.articles], args.skip_first,
                            args.allow_train_articles, args.limit)

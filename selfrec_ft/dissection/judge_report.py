@@ -12,6 +12,7 @@ import numpy as np
 
 from selfrec_ft import markdown as md
 from selfrec_ft.dissection.properties import FEATURES, SELF, SHORT_LABELS
+from selfrec_ft.files import ensure_dir, writing
 
 
 def comparison_markdown(result: Mapping[str, Any]) -> str:
@@ -112,6 +113,9 @@ def plot_comparison(result: Mapping[str, Any], path: str | os.PathLike) -> None:
     ax.legend(loc="best", fontsize="small")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    ensure_dir(Path(path).parent, for_file=path)
+    try:
+        with writing(path):
+            fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)

@@ -16,6 +16,7 @@ import numpy as np
 
 from selfrec_ft.attributes.names import BY_SLUG, PROPERTY_NAMES
 from selfrec_ft.errors import UserError
+from selfrec_ft.files import iter_text_lines
 
 # (slug in selfrec_ft.attributes.names, short label for plots, short definition), in P2's feature order 0..28.
 _TABLE: tuple[tuple[str, str, str], ...] = (
@@ -88,27 +89,24 @@ def group_name(path: str | os.PathLike) -> str:
 def load_fitted_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """One P2 weight file: ``{judge model_name: weights (29,) in PROPERTIES order}``."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError("file not found", path)
     out: dict[str, np.ndarray] = {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"malformed JSON ({exc.msg})", path, lineno) from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("model_name"), str):
-                raise UserError('expected an object with a string "model_name"', path, lineno)
-            params = obj.get("parameters")
-            if (
-                not isinstance(params, list)
-                or len(params) != len(PROPERTIES)
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in params)
-            ):
-                raise UserError(f'"parameters" must be a list of {len(PROPERTIES)} numbers', path, lineno)
-            out[obj["model_name"]] = np.asarray(params, dtype=float)
+    for lineno, raw in iter_text_lines(path, "P2 weight file"):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"malformed JSON ({exc.msg})", path, lineno) from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("model_name"), str):
+            raise UserError('expected an object with a string "model_name"', path, lineno)
+        params = obj.get("parameters")
+        if (
+            not isinstance(params, list)
+            or len(params) != len(PROPERTIES)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in params)
+        ):
+            raise UserError(f'"parameters" must be a list of {len(PROPERTIES)} numbers', path, lineno)
+        out[obj["model_name"]] = np.asarray(params, dtype=float)
     return out
 
 

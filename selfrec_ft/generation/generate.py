@@ -107,7 +107,7 @@ def stop_ids(generation_config, tokenizer) -> set[int]:
     return {int(i) for i in ids}
 
 
-def _trim(ids: Sequence[int], eos: set[int]) -> tuple[list[int], int]:
+def trim_at_eos(ids: Sequence[int], eos: set[int]) -> tuple[list[int], int]:
     """Tokens before the first EOS, and the number of tokens generated (EOS included)."""
     for i, t in enumerate(ids):
         if t in eos:
@@ -179,7 +179,7 @@ class HFGenerator:
                                       generation_config=config, logits_processor=processors)
         results, n_new = [], 0
         for row in out[:, width:].tolist():
-            kept, n = _trim(row, self.eos)
+            kept, n = trim_at_eos(row, self.eos)
             results.append(kept)
             n_new += n
         return results, n_new
@@ -232,7 +232,7 @@ class VLLMGenerator:
                                     lora_request=self.lora, use_tqdm=False)
         results, n_new = [], 0
         for o in outputs:
-            kept, n = _trim(list(o.outputs[0].token_ids), self.eos)
+            kept, n = trim_at_eos(list(o.outputs[0].token_ids), self.eos)
             results.append(kept)
             n_new += n
         return results, n_new

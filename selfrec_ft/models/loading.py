@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,9 @@ def is_adapter_dir(path: str | os.PathLike) -> bool:
 
 def adapter_base(path: str | os.PathLike) -> str:
     cfg = Path(path) / "adapter_config.json"
-    try:
-        base = json.loads(cfg.read_text())["base_model_name_or_path"]
-    except (json.JSONDecodeError, KeyError):
-        raise UserError('adapter config has no "base_model_name_or_path"', cfg) from None
+    base = _json_config(cfg, "adapter config").get("base_model_name_or_path")
+    if not base or not isinstance(base, str):
+        raise UserError('adapter config has no "base_model_name_or_path"', cfg)
     return base
 
 
@@ -48,14 +48,97 @@ def absolute_if_local(path: str) -> str:
     return str(p.resolve()) if p.exists() else path
 
 
-def check_model_path(path: str | os.PathLike) -> None:
-    """A local path that does not exist is a user error (``owner/name`` may be a hub id)."""
-    if not Path(path).exists() and os.fspath(path).count("/") != 1:
-        raise UserError("model path not found", path)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+"""Files one of which a local tokenizer needs (``tokenizer_config.json`` alone is not a tokenizer)."""
+NO_TOKENIZER = (f"no tokenizer files in the model directory (expected one of {', '.join(TOKENIZER_FILES)}; "
+                "save them there with tokenizer.save_pretrained)")
+CONVERT_HINT = ("convert it to safetensors once (pickle weights are not loaded: they can run code): python -c "
+                "\"from transformers import AutoModelForCausalLM as M; M.from_pretrained('{0}', "
+                "use_safetensors=False).save_pretrained('{0}')\"")
+
+
+def _is_hub_id(path: str | os.PathLike) -> bool:
+    text = os.fspath(path)
+    return text.count("/") == 1 and not text.startswith((".", "/", "~")) and not Path(text).exists()
+
+
+@contextmanager
+def hub_errors(path: str | os.PathLike):
+    """An ``OSError`` of ``from_pretrained`` for a hub id (``owner/name`` that is no local path: a
+    typo'd directory, or a model the offline hub cache lacks) becomes one :class:`UserError`."""
+    try:
+        yield
+    except OSError as exc:
+        if not _is_hub_id(path):
+            raise
+        reason = " ".join(str(exc).split()).split(". ")[0].rstrip(".")[:200]
+        raise UserError(f"no such local directory, and the hub cannot provide it as a model id ({reason})",
+                        path) from None
 
 
 def _has_tokenizer(path: Path) -> bool:
-    return any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
+    return any((path / f).is_file() for f in TOKENIZER_FILES)
+
+
+def _json_config(path: Path, what: str) -> dict:
+    from selfrec_ft.files import read_text
+
+    try:
+        data = json.loads(read_text(path, what))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{what} is not valid JSON ({exc.msg})", path, exc.lineno) from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what} must be a JSON object", path)
+    return data
+
+
+def _check_local_dir(p: Path, path) -> None:
+    if not p.exists():
+        raise UserError("model path not found", path)
+    if not p.is_dir():
+        raise UserError("not a model directory (a file; expected a directory with config.json, "
+                        "model.safetensors and the tokenizer)", path)
+    if not any(p.iterdir()):
+        raise UserError("the model directory is empty (expected config.json, model.safetensors and the "
+                        "tokenizer)", path)
+
+
+def check_model_dir(path: str | os.PathLike, tokenizer: bool = True) -> None:
+    """A local model or LoRA adapter directory holds what loading it needs, else one
+    :class:`UserError` saying what is missing: the path, ``config.json`` (valid JSON with a
+    ``model_type``) or ``adapter_config.json``, safetensors weights (``pytorch_model.bin`` alone: how
+    to convert it) and, with ``tokenizer``, the tokenizer files (an adapter's may come from its base).
+    A hub id (``owner/name`` that is not a local path) is left to the hub."""
+    if _is_hub_id(path):
+        return
+    p = Path(path).expanduser()
+    _check_local_dir(p, path)
+    if is_adapter_dir(p):
+        cfg = _json_config(p / "adapter_config.json", "adapter config")
+        if not (p / "adapter_model.safetensors").is_file():
+            if (p / "adapter_model.bin").is_file():
+                raise UserError("the adapter has only adapter_model.bin (pickle weights are not loaded: they can "
+                                "run code): convert it to safetensors once: load it with peft's "
+                                "PeftModel.from_pretrained and save it with save_pretrained", path)
+            raise UserError("the adapter directory has no adapter_model.safetensors", path)
+        base = cfg.get("base_model_name_or_path")
+        if tokenizer and not _has_tokenizer(p) and base and not _is_hub_id(base) and Path(base).is_dir() \
+                and not _has_tokenizer(Path(base)):
+            raise UserError(f"no tokenizer in the adapter directory or its base model {base} (expected one of "
+                            f"{', '.join(TOKENIZER_FILES)})", path)
+        return
+    if not (p / "config.json").is_file():
+        raise UserError("no config.json: not a model directory (a training run's output is its checkpoint-* "
+                        "or the output directory itself once training finished)", path)
+    if "model_type" not in _json_config(p / "config.json", "model config"):
+        raise UserError('the model config has no "model_type"', p / "config.json")
+    weights = [f.name for f in p.iterdir() if f.name.endswith(".safetensors") or f.name == "model.safetensors.index.json"]
+    if not weights:
+        if any(p.glob("pytorch_model*.bin")):
+            raise UserError("the model has only pytorch_model.bin: " + CONVERT_HINT.format(p), path)
+        raise UserError("no model weights (model.safetensors) in the model directory", path)
+    if tokenizer and not _has_tokenizer(p):
+        raise UserError(NO_TOKENIZER, path)
 
 
 # ----------------------------------------------------------------------------- dtypes and configs
@@ -114,9 +197,17 @@ def context_length(model_or_path, base_model: str | None = None) -> int | None:
 def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    if not _is_hub_id(path):
+        _check_local_dir(Path(path).expanduser(), path)
     path = Path(path)
     src = path if _has_tokenizer(path) or not is_adapter_dir(path) else Path(adapter_base(path))
-    tok = AutoTokenizer.from_pretrained(str(src), trust_remote_code=trust_remote_code)
+    if not _is_hub_id(src):
+        if (Path(src) / "config.json").is_file():
+            _json_config(Path(src) / "config.json", "model config")  # AutoTokenizer reads it too
+        if not _has_tokenizer(Path(src)):
+            raise UserError(NO_TOKENIZER, src)
+    with hub_errors(src):
+        tok = AutoTokenizer.from_pretrained(str(src), trust_remote_code=trust_remote_code)
     if tok.pad_token is None:  # Llama-2 ships without one; <unk> is the usual choice
         tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
     return tok
@@ -134,7 +225,7 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM
 
-    check_model_path(path)
+    check_model_dir(path)
     path = Path(path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     kwargs = dict(dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True)
@@ -142,12 +233,15 @@ def load_model(
         from peft import PeftModel
 
         base = base_model or adapter_base(path)
-        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+        check_model_dir(base, tokenizer=False)
+        with hub_errors(base):
+            model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
         model = PeftModel.from_pretrained(model, str(path))
         if merge_adapter:
             model = model.merge_and_unload()
     else:
-        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        with hub_errors(path):
+            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     model.to(device)
     model.eval()
@@ -189,6 +283,7 @@ def load_model_for_training(model_args, training_args):
 
     if not model_args.model_name_or_path:
         raise UserError("model_name_or_path is not set")
-    check_model_path(model_args.model_name_or_path)
-    return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path,
-                                                **training_model_kwargs(model_args, training_args))
+    check_model_dir(model_args.model_name_or_path)
+    with hub_errors(model_args.model_name_or_path):
+        return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path,
+                                                    **training_model_kwargs(model_args, training_args))

@@ -112,10 +112,11 @@ def evaluate(scorer: Scorer, spec: EvalSpec, out_dir: str | os.PathLike, *, prog
     (a path-built scorer) when something is left to score."""
     from tqdm.auto import tqdm
 
+    from selfrec_ft.files import writable_dir
+
     corpus = spec.load_corpus()
     items = scorer.items(spec, corpus)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(out_dir)
     examples = out / EXAMPLES_FILE
     settings = {
         "model": scorer.source,

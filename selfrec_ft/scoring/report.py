@@ -101,8 +101,13 @@ def _iter_objects(path: Path) -> Iterator[tuple[int, Any]]:
             p += 1
         return p
 
+    counted = [0, 1]  # (position, its line): positions only grow, so each newline is counted once
+
     def line_of(p: int) -> int:
-        return text.count("\n", 0, p) + 1
+        if p < counted[0]:
+            return text.count("\n", 0, p) + 1
+        counted[:] = [p, counted[1] + text.count("\n", counted[0], p)]
+        return counted[1]
 
     pos = skip(pos)
     if pos < len(text) and text[pos] == "]":

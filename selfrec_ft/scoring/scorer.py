@@ -35,7 +35,7 @@ class Scorer:
     def __init__(self, model, tokenizer=None, *, dtype: str | None = "float32", device: str | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, max_batch_tokens: int | None = None,
                  max_length: int | None = None, base_model: str | None = None):
-        from selfrec_ft.models.loading import check_model_path, dtype_name, resolve_dtype
+        from selfrec_ft.models.loading import check_model_dir, dtype_name, resolve_dtype
 
         if not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}")
@@ -47,7 +47,7 @@ class Scorer:
         self._max_length = _UNSET if max_length is None else max_length
         self._path: str | None = None
         if isinstance(model, (str, os.PathLike)):
-            check_model_path(model)
+            check_model_dir(model, tokenizer=tokenizer is None)
             self._path = os.fspath(model)
             resolve_dtype(dtype)  # an unknown dtype fails now, not after scoring started
             self._dtype = dtype or "float32"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from selfrec_ft.cli.common import run_main
+from selfrec_ft.cli.common import ArgumentParser, run_main
 
 NAME = "sweep"
 HELP = "train, evaluate and analyse a recognition-strength sweep (= recipes/sweep_recognition.py)"
@@ -39,7 +39,7 @@ def make_parser(subparsers=None, prog: str | None = None) -> argparse.ArgumentPa
     if subparsers is not None:
         p = subparsers.add_parser(NAME, help=HELP, **kwargs)
     else:
-        p = argparse.ArgumentParser(prog=prog, **kwargs)
+        p = ArgumentParser(prog=prog, **kwargs)  # one-line argument errors, as under `selfrec sweep`
     p.add_argument("--config", help=f"sweep YAML (default: the CPU demo, recipes/demo/{DEMO_CONFIG})")
     p.add_argument("--output_dir", help="sweep directory (default: output_dir in the sweep YAML)")
     p.add_argument("--prepare_only", action="store_true",

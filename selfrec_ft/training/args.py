@@ -269,23 +269,40 @@ def _raise_user_error(message: str):
     raise UserError(_one_line(message))
 
 
-def _config_keys_with_lines(path: Path) -> dict[str, int]:
-    """Top-level keys of a YAML mapping with their 1-based line numbers."""
-    import yaml
+def _read_config(path: Path) -> tuple[dict, dict[tuple, int]]:
+    """A recipe config (UTF-8 YAML mapping) and the line of every key (:func:`selfrec_ft.files.load_yaml`)."""
+    from selfrec_ft.files import load_yaml
 
-    if not path.is_file():
-        raise UserError("config file not found", path)
-    try:
-        node = yaml.compose(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise UserError(f"invalid YAML ({_one_line(getattr(exc, 'problem', exc))})", path,
-                        mark.line + 1 if mark else None) from None
-    if node is None:
-        return {}
-    if not isinstance(node, yaml.MappingNode):
+    data, lines = load_yaml(path, "config file")
+    if data is None:
+        return {}, lines
+    if not isinstance(data, dict):
         raise UserError("a config file must be a YAML mapping of argument names to values", path)
-    return {k.value: k.start_mark.line + 1 for k, _ in node.value}
+    return data, lines
+
+
+def _check_config(parser, path: Path) -> dict[tuple, int]:
+    """Every top-level key of the config at ``path`` is a field of ``parser`` holding a value of its
+    type (as TrlParser takes YAML values as defaults, a wrong type would otherwise surface
+    mid-training); returns the key lines."""
+    from selfrec_ft.cli.common import config_value_problem
+
+    data, lines = _read_config(path)
+    actions = {a.dest: a for a in parser._actions}
+    for key, value in data.items():
+        line = lines.get((key,))
+        if key == "env":  # TrlParser: environment variables to set
+            if not isinstance(value, dict):
+                raise UserError("env must be a mapping of environment variable names to values", path, line)
+            continue
+        if key not in actions:
+            kinds = [t.__name__ for t in getattr(parser, "dataclass_types", ())]
+            what = ", ".join(kinds[:-1]) + f" or {kinds[-1]}" if len(kinds) > 1 else "".join(kinds) or "known"
+            raise UserError(f'unknown key "{key}" (not a {what} field)', path, line)
+        problem = config_value_problem(actions[key], value)
+        if problem:
+            raise UserError(f"{key} {problem}", path, line)
+    return lines
 
 
 def with_default_config(argv: Sequence[str], default_config: str | os.PathLike | None) -> list[str]:
@@ -307,18 +324,13 @@ def parse_args_and_config_strict(parser, argv: Sequence[str] | None = None,
     GPU) gives one line too. Without ``--config``, ``default_config`` is used; flags still override.
     """
     args = with_default_config(list(sys.argv[1:] if argv is None else argv), default_config)
-    config_path = None
+    config_path, config_lines = None, {}
     if "--config" in args:
         i = args.index("--config")
         if i + 1 >= len(args):
             raise UserError("--config needs a file path")
         config_path = Path(args[i + 1])
-        known = {a.dest for a in parser._actions} | {"env"}
-        for key, line in _config_keys_with_lines(config_path).items():
-            if key not in known:
-                kinds = [t.__name__ for t in getattr(parser, "dataclass_types", ())]
-                what = ", ".join(kinds[:-1]) + f" or {kinds[-1]}" if len(kinds) > 1 else "".join(kinds) or "known"
-                raise UserError(f'unknown key "{key}" (not a {what} field)', config_path, line)
+        config_lines = _check_config(parser, config_path)
     parser.error = _raise_user_error  # argparse errors: one line, no usage dump
     try:
         *parsed, remaining = parser.parse_args_and_config(args, return_remaining_strings=True)
@@ -328,4 +340,80 @@ def parse_args_and_config_strict(parser, argv: Sequence[str] | None = None,
         raise UserError(_one_line(exc), config_path) from None
     if remaining:
         raise UserError(f"unknown option(s): {' '.join(remaining)}")
+    flags = {a.split("=", 1)[0].lstrip("-").replace("-", "_") for a in args if a.startswith("--")}
+    for name, problem in value_problems(*parsed):
+        if name in flags:
+            raise UserError(f"--{name} {problem}")
+        in_config = (name,) in config_lines
+        raise UserError(f"{name} {problem}", config_path if in_config else None, config_lines.get((name,)))
     return tuple(parsed)
+
+
+# --------------------------------------------------------------------------------------------------
+# values
+
+
+def _is_steps(strategy) -> bool:
+    return str(getattr(strategy, "value", strategy)) == "steps"
+
+
+def value_problems(*groups) -> list[tuple[str, str]]:
+    """``(field, "must be ..., got X")`` for every value of the recipes' argument groups (SFTConfig /
+    DPOConfig, SelfRecDataArguments, AttributeDPOArguments, EvalHookArguments) that training would
+    silently misuse: ``max_steps: -3`` trained the whole schedule, ``0`` saved a "finished" model
+    after one step, a batch size of 0 or a negative learning rate got far into loading first."""
+    from transformers import TrainingArguments
+
+    out: list[tuple[str, str]] = []
+
+    def at_least(obj, name: str, low, what: str = "", optional: bool = False) -> None:
+        v = getattr(obj, name, None)
+        if v is None and optional:
+            return
+        if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or v < low:
+            out.append((name, f"must be at least {low}{what}, got {v!r}"))
+
+    def above(obj, name: str, low, what: str = "") -> None:
+        v = getattr(obj, name, None)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > low:
+            out.append((name, f"must be above {low}{what}, got {v!r}"))
+
+    for g in groups:
+        if isinstance(g, TrainingArguments):
+            if g.max_steps != -1:
+                at_least(g, "max_steps", 1, " (or -1: train for num_train_epochs)")
+            else:
+                above(g, "num_train_epochs", 0, " (with max_steps -1 it sets the length of training)")
+            at_least(g, "per_device_train_batch_size", 1)
+            at_least(g, "gradient_accumulation_steps", 1)
+            at_least(g, "learning_rate", 0)
+            at_least(g, "dataloader_num_workers", 0)
+            at_least(g, "max_length", 1, optional=True)
+            if _is_steps(g.save_strategy):
+                above(g, "save_steps", 0, " (save_strategy: steps; below 1 it is a fraction of the training steps)")
+            if _is_steps(g.logging_strategy):
+                above(g, "logging_steps", 0, " (logging_strategy: steps; below 1 it is a fraction of the training "
+                      "steps)")
+        elif isinstance(g, SelfRecDataArguments):
+            at_least(g, "n_articles", 1)
+            at_least(g, "prompt_max_length", 1, optional=True)
+            if g.flip_fraction is not None and not 0 <= g.flip_fraction <= 1:
+                out.append(("flip_fraction", f"must be between 0 and 1, got {g.flip_fraction!r}"))
+        elif isinstance(g, AttributeDPOArguments):
+            for name, low in (("n_articles", 1), ("num_candidates", 2), ("pairs_per_article", 1),
+                              ("max_new_tokens", 1), ("generation_batch_size", 1), ("score_batch_size", 1),
+                              ("bootstrap_resamples", 100)):
+                at_least(g, name, low)
+            at_least(g, "eval_limit", 1, " (or empty for all)", optional=True)
+            at_least(g, "generation_max_length", 1, optional=True)
+        elif isinstance(g, EvalHookArguments):
+            at_least(g, "hook_limit", 1, " (or empty for all)", optional=True)
+            at_least(g, "hook_batch_size", 1)
+    return out
+
+
+def check_values(*groups) -> None:
+    """:func:`value_problems` of argument groups built in Python (the recipes check theirs while
+    parsing, naming the config line): the first one is a :class:`UserError`."""
+    for name, problem in value_problems(*groups):
+        raise UserError(f"{name} {problem}")

@@ -95,17 +95,17 @@ def resolve_attribute(name: str):
     return prop
 
 
-def _check_args(dpo_args) -> None:
+def _check_args(dpo_args, training_args=None, hook_args=None) -> None:
+    from selfrec_ft.training.args import check_values
+    from selfrec_ft.training.lifecycle import check_output_dir
+
     if dpo_args.direction not in DIRECTIONS:
         raise UserError(f"direction must be inject or remove, not {dpo_args.direction!r}")
-    for name, low in (("n_articles", 1), ("num_candidates", 2), ("pairs_per_article", 1), ("max_new_tokens", 1),
-                      ("generation_batch_size", 1), ("score_batch_size", 1), ("bootstrap_resamples", 100)):
-        if getattr(dpo_args, name) < low:
-            raise UserError(f"{name} must be at least {low}, got {getattr(dpo_args, name)}")
-    if dpo_args.eval_limit is not None and dpo_args.eval_limit < 1:
-        raise UserError(f"eval_limit must be at least 1 (or empty for all), got {dpo_args.eval_limit}")
+    check_values(dpo_args, training_args, hook_args)
     if not dpo_args.corpus:
         raise UserError("corpus is not set: the in-domain corpus directory (or demo://short)")
+    if training_args is not None:
+        check_output_dir(training_args)
 
 
 def _brief(block: Mapping[str, Any]) -> dict[str, Any]:
@@ -454,7 +454,7 @@ def run_attribute_dpo(dpo_args: AttributeDPOArguments, training_args, model_args
     run = trainer = accelerator = None
     try:
         use_cpu_cores(training_args)
-        _check_args(dpo_args)
+        _check_args(dpo_args, training_args, hook_args)
         prop = resolve_attribute(dpo_args.attribute)
         check_layout(training_args)
         demo_refs = _resolve_demo(dpo_args, model_args, hook_args, training_args)

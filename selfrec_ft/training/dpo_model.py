@@ -28,13 +28,14 @@ TRL_COLUMNS = ("prompt", "chosen", "rejected")
 def load_policy(model_args, training_args, sft_adapter: str | None = None):
     """The pre-DPO evaluator and its tokenizer, on this process's device; returns ``(model,
     tokenizer, mode)`` with mode ``lora`` or ``qlora``."""
-    from selfrec_ft.models.loading import absolute_if_local, adapter_base, is_adapter_dir, load_model_for_training
-    from selfrec_ft.models.loading import load_tokenizer
+    from selfrec_ft.models.loading import absolute_if_local, adapter_base, check_model_dir, is_adapter_dir
+    from selfrec_ft.models.loading import load_model_for_training, load_tokenizer
     from selfrec_ft.training.lifecycle import training_mode
 
     if sft_adapter is not None:
         if not is_adapter_dir(sft_adapter):
             raise UserError("not a LoRA adapter directory (no adapter_config.json)", sft_adapter)
+        check_model_dir(sft_adapter)
         if not model_args.model_name_or_path:
             model_args.model_name_or_path = adapter_base(sft_adapter)
     if not model_args.model_name_or_path:

@@ -86,8 +86,8 @@ class SelfRecEvalCallback(TrainerCallback):
             self.trainer.log(flat)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if self.at_start:
-            self._run(state, model, "start")
+        if self.at_start:  # a resumed run evaluates the checkpoint it resumed from (if not done yet)
+            self._run(state, model, "start" if state.global_step == 0 else "resume")
 
     def on_save(self, args, state, control, model=None, **kwargs):
         self._run(state, model, "save")

@@ -17,6 +17,7 @@ The teardown that follows (free the trainer, then the process group) is
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -76,6 +77,30 @@ def cpu_precision(training_args, model_dtype: str | None = None) -> str | None:
     return None
 
 
+def check_output_dir(training_args) -> Path:
+    """``output_dir`` is set and can be written (nothing is created yet): a file in the way, a
+    read-only file system or no permission is one line before the model loads, not a traceback at
+    the first checkpoint."""
+    from selfrec_ft.files import writable_dir
+
+    if not training_args.output_dir:
+        raise UserError("output_dir is not set")
+    return writable_dir(training_args.output_dir, create=False)
+
+
+def resumed_step(resume: str | None) -> int:
+    """The global step of the checkpoint ``resume`` (0 when not resuming)."""
+    import json
+
+    if not resume:
+        return 0
+    try:
+        return int(json.loads((Path(resume) / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError("not a trainer checkpoint (no readable trainer_state.json with a global_step)",
+                        resume) from None
+
+
 def start_run(out: Path, manifest: dict[str, Any], args: tuple, state) -> None:
     """Write ``resolved_config.yaml`` (``args`` = the recipe's (data or DPO, training, model, hook)
     arguments) and the manifest from the main process, after every process got here."""
@@ -97,12 +122,24 @@ def train_and_finish(trainer, out: Path, manifest: dict[str, Any], resume: str |
     from selfrec_ft.training import manifest as mf
     from selfrec_ft.training.report import write_training_report
 
-    result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(out))
-    trainer.save_state()
+    from selfrec_ft.files import write_error
+
+    first = resumed_step(resume)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model(str(out))
+        trainer.save_state()
+    except OSError as exc:  # a full or read-only disk while saving: one line; saved checkpoints stay
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        raise write_error(exc, out, "the checkpoints saved so far are kept: free space and rerun to resume") from None
     metrics, step = dict(result.metrics), int(trainer.state.global_step)
+    # train_loss and the speed metrics cover the steps this call trained (transformers counts from the
+    # checkpoint it resumed from); the manifest says which
+    cover = f"steps {first + 1}-{step}" + (f" (resumed from {Path(resume).name}; steps 1-{first} were trained "
+                                           "by an earlier call)" if first else "")
     manifest.update(status="done", finished=mf.now_iso(), global_step=step, train_metrics=metrics,
-                    output=str(out.resolve()))
+                    train_metrics_steps=cover, resumed_from=resume, output=str(out.resolve()))
     report = None
     if state.is_main_process:
         atomic_write_json(out / mf.MANIFEST_FILE, manifest)

@@ -1,8 +1,9 @@
 """The training report: recognition and preference before, during and after fine-tuning.
 
 Built from the evaluation hook's records (``selfrec_hook.jsonl``, :mod:`selfrec_ft.training.hook`): the first
-record is the baseline (step 0, before any update), records made at checkpoint saves are the
-checkpoints, the last one is the final model. Writes ``report.json``, ``report.md`` and
+record is the baseline (step 0, before any update), every later record but the end-of-training one is
+a checkpoint (saves, and the evaluation of the checkpoint a run resumed from: event ``resume``), the
+last one is the final model. Writes ``report.json``, ``report.md`` and
 ``recognition_preference_by_step.png`` into the run's output directory.
 """
 
@@ -39,7 +40,9 @@ def build_training_report(output_dir: str | Path) -> dict[str, Any] | None:
     return {
         "baseline": {"step": first["step"], **_domains(first)},
         "final": {"step": last["step"], **_domains(last)},
-        "checkpoints": [{"step": r["step"], **_domains(r)} for r in records if r.get("event") == "save"],
+        # every evaluation after the baseline but the end's: checkpoint saves, and the evaluation of the
+        # checkpoint a run resumed from when its save-time evaluation was lost to the interruption
+        "checkpoints": [{"step": r["step"], **_domains(r)} for r in records[1:] if r.get("event") != "end"],
         "evaluations": len(records),
     }
 

@@ -286,8 +286,11 @@ def prepare_sft(data_args, training_args, model_args, callbacks=(), hook_args=No
     from selfrec_ft.models.loading import absolute_if_local, load_model_for_training, load_tokenizer
     from selfrec_ft.training.demo_assets import resolve_demo_refs
     from selfrec_ft.training.hook import hook_from_args
-    from selfrec_ft.training.lifecycle import cpu_precision
+    from selfrec_ft.training.args import check_values
+    from selfrec_ft.training.lifecycle import check_output_dir, cpu_precision
 
+    check_values(data_args, training_args, hook_args)
+    check_output_dir(training_args)
     mode = training_mode(model_args)
     demo_refs = resolve_demo_refs(data_args, model_args, hook_args,
                                   main_process_first=lambda: training_args.main_process_first(desc="demo assets"))
