@@ -89,7 +89,7 @@ def _setup(model_dir, corpus, out, share, attn="sdpa", **training):
     data_args = SelfRecDataArguments(corpus=str(corpus), self_source="lead", n_articles=3, share_prefix=share)
     training_args = SFTConfig(output_dir=str(out), use_cpu=True, bf16=False, max_length=2048, report_to="none",
                               per_device_train_batch_size=training.pop("batch", 8), save_strategy="no",
-                              disable_tqdm=True, seed=0, **training)
+                              disable_tqdm=True, seed=0, **{"activation_checkpointing": False, **training})
     model_args = ModelConfig(model_name_or_path=str(model_dir), dtype="float32", attn_implementation=attn)
     return prepare_sft(data_args, training_args, model_args)
 
@@ -139,7 +139,7 @@ def test_shared_prefix_run_trains_every_example_and_counts_real_tokens(tiny_mode
         SelfRecDataArguments(corpus=str(multi_source_corpus), self_source="lead", n_articles=3, share_prefix=True),
         SFTConfig(output_dir=str(out), use_cpu=True, bf16=False, max_length=2048, report_to="none",
                   per_device_train_batch_size=1, num_train_epochs=1, logging_steps=1, save_strategy="no",
-                  disable_tqdm=True, seed=0),
+                  disable_tqdm=True, seed=0, activation_checkpointing=False),
         ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32"), teardown=False)
     assert result.global_step == 3  # one row (article) per step
     man = json.loads((out / "training_manifest.json").read_text())

@@ -28,7 +28,7 @@ def write_yaml(path: Path, obj) -> Path:
 def base_config(tmp_path: Path, model="unused-model-dir", corpus="unused-corpus", **extra) -> Path:
     cfg = {"corpus": str(corpus), "self_source": "lead", "others": "human", "n_articles": 4, "labels": "self",
            "model_name_or_path": str(model), "use_peft": True, "lora_r": 4, "lora_alpha": 8,
-           "lora_target_modules": "all-linear", "output_dir": "ignored", "use_cpu": True, "bf16": False,
+           "lora_target_modules": "all-linear", "output_dir": "ignored", "use_cpu": True, "bf16": False, "activation_checkpointing": False,
            "max_length": 1024, "per_device_train_batch_size": 4, "learning_rate": 1e-2, "seed": 0,
            "report_to": "none", "disable_tqdm": True, "hook_in_domain": str(corpus), "hook_out_of_domain": "ood",
            **extra}
