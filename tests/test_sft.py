@@ -450,3 +450,31 @@ def test_load_model_for_training_serves_sft_and_dpo(tiny_model_dir, tmp_path):
         load_model_for_training(ModelConfig(), args)
     with pytest.raises(UserError, match="model path not found"):
         load_model_for_training(ModelConfig(model_name_or_path=str(tmp_path / "none")), args)
+
+
+def test_trl_default_gradient_checkpointing_does_not_warn_but_a_user_setting_does(tmp_path):
+    """TRL's SFTConfig defaults gradient_checkpointing=True, which transformers 5 reports as a
+    deprecated name on every config without activation_checkpointing: the recipe parser drops that
+    one warning, but not when the user wrote gradient_checkpointing."""
+    import warnings
+
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    from selfrec_ft.training.args import EvalHookArguments, SelfRecDataArguments, parse_args_and_config_strict
+
+    base = "corpus: c\nself_source: lead\nmodel_name_or_path: m\noutput_dir: o\nuse_cpu: true\n"
+    plain, old_name = tmp_path / "plain.yaml", tmp_path / "old.yaml"
+    plain.write_text(base)
+    old_name.write_text(base + "gradient_checkpointing: false\n")
+
+    def parse(path):
+        parser = TrlParser((SelfRecDataArguments, SFTConfig, ModelConfig, EvalHookArguments))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train = parse_args_and_config_strict(parser, ["--config", str(path)])[1]
+        return train, [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+
+    train, msgs = parse(plain)
+    assert train.activation_checkpointing is True and not [m for m in msgs if "gradient_checkpointing" in m]
+    train, msgs = parse(old_name)
+    assert train.activation_checkpointing is False and [m for m in msgs if "gradient_checkpointing" in m]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -332,8 +333,16 @@ def parse_args_and_config_strict(parser, argv: Sequence[str] | None = None,
         config_path = Path(args[i + 1])
         config_lines = _check_config(parser, config_path)
     parser.error = _raise_user_error  # argparse errors: one line, no usage dump
+    user_set = {a.split("=", 1)[0] for a in args} | {k[0] for k in config_lines if len(k) == 1}
     try:
-        *parsed, remaining = parser.parse_args_and_config(args, return_remaining_strings=True)
+        with warnings.catch_warnings():
+            if not user_set & {"--gradient_checkpointing", "gradient_checkpointing"}:
+                # TRL's own default (gradient_checkpointing=True) trips transformers' rename warning
+                # on every config that leaves activation_checkpointing unset; one the user wrote
+                # still warns
+                warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated",
+                                        category=FutureWarning)
+            *parsed, remaining = parser.parse_args_and_config(args, return_remaining_strings=True)
     except UserError:
         raise
     except (ValueError, TypeError) as exc:  # a dataclass __post_init__ rejecting a value
