@@ -227,23 +227,26 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def record_settings(path: str | os.PathLike, settings: Mapping[str, Any], held: str, hint: str,
-                    write: bool = True) -> None:
+                    write: bool = True, strict: bool = False) -> None:
     """The settings a resumable directory was made with: written to ``path`` the first time (when
     ``write``), compared on every later run. A key whose recorded value differs is one line, "``held``
-    with k=old, not new; ``hint``" (keys only one side has are allowed: a newer version may add one)."""
+    with k=old, not new; ``hint``". Keys the recorded file lacks are allowed (a newer version may add
+    one) unless ``strict``."""
+    from selfrec_ft.files import read_text
+
     path = Path(path)
     settings = json.loads(json.dumps(settings, default=str))
-    if not path.is_file():
+    if not path.exists():
         if write:
             atomic_write_json(path, settings)
         return
     try:
-        old = json.loads(path.read_text(encoding="utf-8"))
+        old = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise UserError(f"malformed JSON ({exc.msg})", path, exc.lineno) from None
     if not isinstance(old, dict):
-        raise UserError("expected a JSON object", path)
-    changed = [k for k in settings if k in old and old[k] != settings[k]]
+        raise UserError("expected a JSON object (the settings this directory was made with)", path)
+    changed = [k for k in settings if (strict or k in old) and old.get(k) != settings[k]]
     if changed:
         k = changed[0]
-        raise UserError(f"{held} with {k}={old[k]!r}, not {settings[k]!r}; {hint}", path)
+        raise UserError(f"{held} with {k}={old.get(k)!r}, not {settings[k]!r}; {hint}", path)

@@ -22,7 +22,6 @@ analysis measures each value's shift against it on the same articles; the other 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -32,7 +31,7 @@ from typing import Any
 
 from selfrec_ft.defaults import EXAMPLES_FILE, STEER_KINDS, STEER_MODES, STEER_NULL_VALUE, STEER_TARGETS
 from selfrec_ft.errors import UserError
-from selfrec_ft.jsonl import atomic_write_json, atomic_write_text
+from selfrec_ft.jsonl import atomic_write_json, atomic_write_text, record_settings
 from selfrec_ft.scoring.spec import EvalSpec
 
 CONFIG_FILE = "steer_config.json"
@@ -111,25 +110,6 @@ def run_id(mode: str, value: float) -> str:
     return f"{mode}_{value:g}"
 
 
-def _check_config(path: Path, config: dict[str, Any]) -> None:
-    if not path.exists():
-        atomic_write_json(path, config)
-        return
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"malformed JSON ({exc.msg})", path, exc.lineno) from None
-    except UnicodeDecodeError:
-        raise UserError("not valid UTF-8", path) from None
-    if not isinstance(old, dict):
-        raise UserError("expected a JSON object (the setting of a steering sweep)", path)
-    changed = [k for k in config if old.get(k) != config[k]]
-    if changed:
-        k = changed[0]
-        raise UserError(f"this directory holds a steering sweep with {k}={old.get(k)!r}, not {config[k]!r}; use "
-                        "another --out (or delete the directory) to start a new one", path)
-
-
 def _block(report: Mapping[str, Any], measure: str) -> dict[str, Any] | None:
     b = (report.get("pairwise") or {}).get(measure)
     if not b:
@@ -149,13 +129,15 @@ def run_steer_sweep(scorer, directions, setting: SteerSetting, values: Sequence[
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     values = list(values)
-    _check_config(out / CONFIG_FILE, {
+    settings = {
         **asdict(setting), "directions": directions.manifest.get("path"),
         "directions_sha256": directions.manifest.get("directions_sha256"), "model": scorer.source,
         "domains": {d: {"corpus": str(s.corpus) if not hasattr(s.corpus, "path") else str(s.corpus.path),
                         "self_source": s.self_source, "skip_first": s.skip_first, "limit": s.limit,
                         "preset": s.preset} for d, s in specs.items()},
-    })
+    }
+    record_settings(out / CONFIG_FILE, settings, held="this directory holds a steering sweep", strict=True,
+                    hint="use another --out (or delete the directory) to start a new one")
     points, runs = [], []
     for value in values:
         rid = run_id(setting.mode, value)
