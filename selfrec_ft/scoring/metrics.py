@@ -25,7 +25,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from selfrec_ft.stats import (
     MIN_CLUSTERS_CI,
@@ -394,6 +393,8 @@ def auroc(values: Sequence[Mapping[str, Any]], target: str | None = None) -> flo
            and (target is None or v["target_source"] == target)]
     if not pos or not neg:
         return None
+    from sklearn.metrics import roc_auc_score  # here: scikit-learn (+ pandas) cost ~2 s before scoring starts
+
     return float(roc_auc_score([1] * len(pos) + [0] * len(neg), pos + neg))
 
 
