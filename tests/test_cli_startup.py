@@ -45,6 +45,13 @@ def test_building_the_full_parser_imports_nothing_heavy():
     assert heavy_imports_of("from selfrec_ft.cli import build_parser\nbuild_parser()") == []
 
 
+def test_scoring_does_not_wait_for_scikit_learn():
+    """selfrec eval imports the scoring path before it scores; scikit-learn (and the pandas it pulls
+    in, ~1.4 s) is needed only for the report's AUROC, after scoring."""
+    loaded = heavy_imports_of("import selfrec_ft.scoring.evaluate, selfrec_ft.scoring.scorer, selfrec_ft.scoring.report")
+    assert "torch" in loaded and "sklearn" not in loaded
+
+
 # ----------------------------------------------------------------------------- one door, three names
 
 
