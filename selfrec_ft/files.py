@@ -147,6 +147,23 @@ def ensure_dir(path: str | os.PathLike, for_file: str | os.PathLike | None = Non
     return path
 
 
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Write a matplotlib figure to ``path`` (its directory created; an unwritable path is one
+    :class:`UserError`) and close it when pyplot tracks it."""
+    import sys
+
+    path = Path(path)
+    ensure_dir(path.parent, for_file=path)
+    try:
+        with writing(path):
+            fig.savefig(path, dpi=dpi)
+    finally:
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is not None:
+            plt.close(fig)
+    return path
+
+
 def writable_dir(path: str | os.PathLike, create: bool = True) -> Path:
     """``path`` as a directory this process can write in: created (:func:`ensure_dir`) and probed
     with a temporary file, so that a read-only file system, a permission problem or a file in the

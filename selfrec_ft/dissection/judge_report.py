@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from selfrec_ft import markdown as md
 from selfrec_ft.dissection.properties import FEATURES, SELF, SHORT_LABELS
-from selfrec_ft.files import ensure_dir, writing
+from selfrec_ft.files import save_figure
 
 
 def comparison_markdown(result: Mapping[str, Any]) -> str:
@@ -113,9 +112,4 @@ def plot_comparison(result: Mapping[str, Any], path: str | os.PathLike) -> None:
     ax.legend(loc="best", fontsize="small")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    ensure_dir(Path(path).parent, for_file=path)
-    try:
-        with writing(path):
-            fig.savefig(path, dpi=120)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=120)

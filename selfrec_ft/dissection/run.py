@@ -25,7 +25,7 @@ import numpy as np
 from selfrec_ft.dissection.fit import DEFAULT_METHOD, DEFAULT_PRIOR_SCALE, Fit, accuracy, fit
 from selfrec_ft.dissection.properties import FEATURES, SHORT_LABELS
 from selfrec_ft.errors import UserError
-from selfrec_ft.files import ensure_dir, writing
+from selfrec_ft.files import save_figure
 from selfrec_ft.jsonl import atomic_write_json, atomic_write_text, iter_jsonl
 
 PLOT_NAME = "preference_scores.png"
@@ -179,12 +179,7 @@ def plot_scores(report: dict[str, Any], path: str | os.PathLike, title: str = "P
     ax.set_title(f"{title} (n = {report['n']})")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    ensure_dir(Path(path).parent, for_file=path)
-    try:
-        with writing(path):
-            fig.savefig(path, dpi=120)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def run_dissection(

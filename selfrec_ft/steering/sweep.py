@@ -31,6 +31,7 @@ from typing import Any
 
 from selfrec_ft.defaults import EXAMPLES_FILE, STEER_KINDS, STEER_MODES, STEER_NULL_VALUE, STEER_TARGETS
 from selfrec_ft.errors import UserError
+from selfrec_ft.files import save_figure
 from selfrec_ft.jsonl import atomic_write_json, atomic_write_text, record_settings
 from selfrec_ft.scoring.spec import EvalSpec
 
@@ -233,6 +234,5 @@ def write_plots(steer: Mapping[str, Any], out_dir: str | os.PathLike) -> list[st
         ax.set_title(f"{steer['kind']} {steer['mode']}, layer {steer['layer']}: {dom.replace('_', '-')}")
         ax.legend()
         path = Path(out_dir) / f"steer_{dom}.png"
-        fig.savefig(path, dpi=110)
-        out.append(str(path))
+        out.append(str(save_figure(fig, path)))
     return out

@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from selfrec_ft import stats
+from selfrec_ft.files import save_figure
 
 TASKS = ("recognition", "preference")
 
@@ -88,8 +89,7 @@ def plot_recognition_vs_preference(analysis: Mapping[str, Any], path: str | os.P
         ax.set_xlabel("recognition (pairwise)")
         ax.set_ylabel("preference (pairwise)")
         ax.legend(fontsize=7)
-    fig.savefig(path, dpi=110)
-    return str(path)
+    return str(save_figure(fig, path))
 
 
 def plot_dose_response(analysis: Mapping[str, Any], path: str | os.PathLike) -> str | None:
@@ -110,8 +110,7 @@ def plot_dose_response(analysis: Mapping[str, Any], path: str | os.PathLike) -> 
         ax.set_xlabel("flip fraction (share of wrong labels)")
         ax.set_ylabel("mean pairwise score")
         ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
-    return str(path)
+    return str(save_figure(fig, path))
 
 
 def plot_checkpoints(analysis: Mapping[str, Any], path: str | os.PathLike) -> str | None:
@@ -141,8 +140,7 @@ def plot_checkpoints(analysis: Mapping[str, Any], path: str | os.PathLike) -> st
             ax.set_ylabel(task)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
-    fig.savefig(path, dpi=110)
-    return str(path)
+    return str(save_figure(fig, path))
 
 
 def write_plots(analysis: Mapping[str, Any], out_dir: str | os.PathLike) -> list[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from selfrec_ft import markdown as md
+from selfrec_ft.files import save_figure
 from selfrec_ft.defaults import DOMAIN_KEYS as DOMAINS
 from selfrec_ft.defaults import HOOK_FILE, REPORT_JSON, REPORT_MD
 from selfrec_ft.jsonl import atomic_write_json, atomic_write_text, read_jsonl_rows
@@ -119,9 +120,7 @@ def plot_by_step(output_dir: str | Path, path: str | Path | None = None) -> Path
     axes[0][0].set_ylabel("score on self summary (0.5 = chance)")
     fig.tight_layout()
     out = Path(path) if path else Path(output_dir) / PLOT_FILE
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def write_training_report(output_dir: str | Path) -> dict[str, Any] | None:
