@@ -20,6 +20,32 @@ def tiny_model_dir(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model", seed=0, size="tiny")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Single-threaded torch for a module (``pytestmark = pytest.mark.usefixtures(...)``): on a
+    shared, oversubscribed CPU two OpenMP threads make small matmuls hundreds of times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def sharp_tiny_model(tiny_model_dir):
+    """The tiny model (float32, CPU) with a sharpened output layer, so option probabilities are far
+    from uniform; one per module (tests may hook or wrap it)."""
+    import torch
+
+    from selfrec_ft.models.loading import load_model
+
+    m, _ = load_model(tiny_model_dir, dtype="float32", device="cpu")
+    with torch.no_grad():
+        m.lm_head.weight.mul_(25.0)
+    return m
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer

@@ -30,13 +30,7 @@ def judge_preferences(model, tok, pairs, **scorer_kwargs):
     return _judge_preferences(Scorer(model, tok, **scorer_kwargs), pairs)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Single-threaded torch: small matmuls on a shared CPU are much faster that way."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,27 +12,12 @@ from selfrec_ft.scoring.engine import ScoreRequest, plan_units, score_requests, 
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Single-threaded torch: on a shared, oversubscribed CPU two OpenMP threads make small matmuls
-    hundreds of times slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    """The tiny model with a sharpened output layer, so option probabilities are far from uniform."""
-    from selfrec_ft.models.loading import load_model
-
-    m, _ = load_model(tiny_model_dir, dtype="float32", device="cpu")
-    with torch.no_grad():
-        m.lm_head.weight.mul_(25.0)
-    return m
+def model(sharp_tiny_model):
+    return sharp_tiny_model
 
 
 def alone(model, seq: list[int]) -> torch.Tensor:

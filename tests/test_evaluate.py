@@ -28,16 +28,7 @@ TASKS = ["pairwise-recognition", "pairwise-preference", "individual-score"]
 SKIP = 2  # training articles
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Single-threaded torch: on a shared, oversubscribed CPU two OpenMP threads make small matmuls
-    hundreds of times slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run_eval(model_dir, corpus_dir, out, familiarity=False, max_length=None, chunk_items=None, **kw):

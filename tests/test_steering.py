@@ -19,23 +19,12 @@ from selfrec_ft.steering.hooks import Intervention, Recorder, decoder_layers
 TOL = 1e-6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    """The tiny model with a sharpened output layer, so option probabilities are far from uniform."""
-    from selfrec_ft.models.loading import load_model
-
-    m, _ = load_model(tiny_model_dir, dtype="float32", device="cpu")
-    with torch.no_grad():
-        m.lm_head.weight.mul_(25.0)
-    return m
+def model(sharp_tiny_model):
+    return sharp_tiny_model
 
 
 def top2(model, seq: list[int]) -> dict[str, int]:

@@ -26,12 +26,7 @@ SELF, N_FIT = "lead", 6
 TASKS = ("pairwise-recognition", "pairwise-preference")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
