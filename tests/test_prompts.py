@@ -96,3 +96,37 @@ def test_article_shortening_keeps_summaries(tiny_tokenizer):
     assert len(longer.input_ids) + 1 > limit
     with pytest.raises(UserError, match="never shortened"):
         render_prompt(tiny_tokenizer, tmpl, max_length=20, **vals)
+
+
+def test_a_template_assistant_prefix_overrides_the_presets(tmp_path, tiny_tokenizer):
+    """small-chat primes "Summary" before a pairwise answer and nothing before Yes/No; a template's
+    own prefix wins over the preset's, a generation template refuses one, and scoring reads the token
+    right after the template's prefix."""
+    chat = load_preset("small-chat")
+    assert chat.task("pairwise-recognition").assistant_prefix == "Summary"
+    assert chat.task("pairwise-recognition").train_assistant_prefix == "Summary"
+    assert chat.task("pairwise-preference-worse").inverted
+    assert chat.task("individual-recognition").assistant_prefix == ""
+    text = (Path(__file__).parent / "../selfrec_ft/prompts/presets/compact.yaml").read_text()
+    base = text.replace("assistant_prefix: ''", "assistant_prefix: 'Sure:'\ntrain_assistant_prefix: ''")
+    own = base.replace("    measures: pairwise-recognition\n",
+                       "    measures: pairwise-recognition\n    assistant_prefix: Summary\n", 1)
+    (tmp_path / "own.yaml").write_text(own)
+    p = load_preset(str(tmp_path / "own.yaml"))
+    assert (p.task("pairwise-recognition").assistant_prefix, p.task("pairwise-recognition").train_assistant_prefix) \
+        == ("Summary", "Summary")  # a template prefix trains with itself, not the preset's train prefix
+    assert (p.task("pairwise-preference").assistant_prefix, p.task("pairwise-preference").train_assistant_prefix) \
+        == ("Sure:", "")
+    values = dict(article="A", summary1="x", summary2="y")
+    with_prefix = render_prompt(tiny_tokenizer, p.task("pairwise-recognition"), **values)
+    plain = render_prompt(tiny_tokenizer, load_preset("compact").task("pairwise-recognition"), **values)
+    expected = tiny_tokenizer(tiny_tokenizer.apply_chat_template(
+        with_prefix.messages + [{"role": "assistant", "content": "Summary1"}], tokenize=False),
+        add_special_tokens=False)["input_ids"]
+    assert expected[: len(with_prefix.input_ids) + 1] == with_prefix.input_ids + [with_prefix.option_ids["1"]]
+    assert len(with_prefix.input_ids) > len(plain.input_ids)
+    bad = base.replace("  generate-short:\n    measures: generate\n",
+                       "  generate-short:\n    measures: generate\n    assistant_prefix: Hi\n")
+    (tmp_path / "bad.yaml").write_text(bad)
+    with pytest.raises(UserError, match="generation template takes no assistant prefix"):
+        load_preset(str(tmp_path / "bad.yaml"))

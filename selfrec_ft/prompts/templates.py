@@ -2,7 +2,9 @@
 
 A preset is a YAML file (packaged under ``presets/`` or given by path) with ``name``,
 ``assistant_prefix`` (optional ``train_assistant_prefix``) and ``tasks``: one template per task or
-variant, each with ``system``, ``user`` (``str.format`` placeholders), ``options`` and ``measures``.
+variant, each with ``system``, ``user`` (``str.format`` placeholders), ``options`` and ``measures``;
+a template's own ``assistant_prefix`` / ``train_assistant_prefix`` override the preset's (the
+``small-chat`` preset primes "Summary" before a pairwise answer, nothing before "Yes"/"No").
 
 Loading checks every template once, for every command (:func:`load_preset`); a mistake is a
 ``UserError`` naming the preset, the template, the field and the YAML line:
@@ -104,7 +106,7 @@ PLACEHOLDERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 GENERATE = "generate"
 MEASURED = PAIRWISE_TASKS + CONTROL_TASKS + INDIVIDUAL_TASKS + (GENERATE,)
 """What a template's ``measures`` may name."""
-TEMPLATE_KEYS = ("system", "user", "options", "measures", "inverted")
+TEMPLATE_KEYS = ("system", "user", "options", "measures", "inverted", "assistant_prefix", "train_assistant_prefix")
 
 
 def template_kind(measures: str) -> str:
@@ -207,7 +209,7 @@ def _parse_preset(data: Any, source: str, lines: dict[tuple, int] | None = None)
         if unknown:
             raise check.error(name, sorted(unknown)[0], f'unknown key(s) {", ".join(sorted(unknown))} '
                               f'(a template has {", ".join(TEMPLATE_KEYS)})')
-        for key in ("system", "user", "measures"):
+        for key in ("system", "user", "measures", "assistant_prefix", "train_assistant_prefix"):
             if spec.get(key) is not None and not isinstance(spec[key], str):
                 raise check.error(name, key, f"must be text, got {type(spec[key]).__name__}")
         raw_options = spec.get("options", []) or []
@@ -228,6 +230,13 @@ def _parse_preset(data: Any, source: str, lines: dict[tuple, int] | None = None)
         check.text(name, "system", system, None)
         check.text(name, "user", user, kind)
         check.options(name, measures, kind, options)
+        if kind == "generate" and (spec.get("assistant_prefix") or spec.get("train_assistant_prefix")):
+            raise check.error(name, "assistant_prefix", "a generation template takes no assistant prefix")
+        task_prefix = str(spec["assistant_prefix"] or "") if "assistant_prefix" in spec else prefix
+        if "train_assistant_prefix" in spec:
+            task_train_prefix = str(spec["train_assistant_prefix"] or "")
+        else:
+            task_train_prefix = task_prefix if "assistant_prefix" in spec else train_prefix
         tasks[name] = TaskTemplate(
             name=name,
             system=system,
@@ -235,8 +244,8 @@ def _parse_preset(data: Any, source: str, lines: dict[tuple, int] | None = None)
             options=options,
             measures=measures,
             inverted=bool(spec.get("inverted", False)),
-            assistant_prefix=prefix,
-            train_assistant_prefix=train_prefix,
+            assistant_prefix=task_prefix,
+            train_assistant_prefix=task_train_prefix,
         )
     return PromptPreset(name=preset_name, tasks=tasks, description=str(data.get("description", "")), source=source)
 
