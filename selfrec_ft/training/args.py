@@ -286,7 +286,7 @@ def _check_config(parser, path: Path) -> dict[tuple, int]:
     """Every top-level key of the config at ``path`` is a field of ``parser`` holding a value of its
     type (as TrlParser takes YAML values as defaults, a wrong type would otherwise surface
     mid-training); returns the key lines."""
-    from selfrec_ft.cli.common import config_value_problem
+    from selfrec_ft.cmdline import config_value_problem
 
     data, lines = _read_config(path)
     actions = {a.dest: a for a in parser._actions}
