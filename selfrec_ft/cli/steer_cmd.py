@@ -216,6 +216,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             raise UserError(f"the directions were fitted on {man.get('model')}, whose files differ from {args.model}'s; "
                             "pass --allow-other-model to steer this model with them", Path(args.directions) / MANIFEST_FILE)
         print(f"note: the directions were read from {man['model']}; steering {args.model}", file=sys.stderr)
+    protocol = _sweep_protocol(args, man, Path(args.directions) / MANIFEST_FILE)
     corpus = load_corpus(args.corpus)
     ids = [a.id for a in corpus.articles]
     held = resolve_heldout(args.model, args.corpus, ids, args.skip_first, args.allow_train_articles, args.limit)
@@ -234,7 +235,6 @@ def run_sweep(args: argparse.Namespace) -> int:
         elif skip < last:
             raise UserError(f"--skip-first {skip} would score articles the directions were fitted on (the first "
                             f"{last}); use at least {last}", args.corpus)
-    protocol = _sweep_protocol(args, man, Path(args.directions) / MANIFEST_FILE)
     preset = protocol.preset
     others = split_list(args.others)
     specs = {"in_domain": EvalSpec(corpus=corpus, self_source=args.self_source, others=others, skip_first=skip,
