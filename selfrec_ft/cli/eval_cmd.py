@@ -81,8 +81,10 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from selfrec_ft.data.corpus import load_corpus
     from selfrec_ft.files import writable_dir
+    from selfrec_ft.models.loading import check_model_dir
     from selfrec_ft.prompts.protocol import resolve_protocol
     from selfrec_ft.scoring.heldout import resolve_heldout
+    from selfrec_ft.scoring.spec import EvalSpec
 
     tasks = split_list(args.tasks) or []
     unknown = [t for t in tasks if t not in TASKS]
@@ -92,22 +94,27 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--familiarity needs --domain (short or highlights) to pick the generation prompt")
     writable_dir(args.out, create=False)  # before the model loads (nothing created yet)
     protocol = resolve_protocol(args.model, args.prompt_preset)
-    protocol.announce()
     corpus = load_corpus(args.corpus)
+    others = split_list(args.others)
+    corpus.require_sources([args.self_source, *(others or [])])
     held = resolve_heldout(args.model, args.corpus, [a.id for a in corpus.articles], args.skip_first,
                            args.allow_train_articles, args.limit)
-    if held.note:
-        print(held.note, file=sys.stderr)
-    # said before torch and transformers are imported (seconds): the first lines come at once
-    print(f"loading {args.model} ...", file=sys.stderr, flush=True)
-    from selfrec_ft.scoring.evaluate import evaluate
-    from selfrec_ft.scoring.scorer import Scorer
-    from selfrec_ft.scoring.spec import EvalSpec
-
-    spec = EvalSpec(corpus=corpus, self_source=args.self_source, others=split_list(args.others),
+    if not corpus.heldout_articles(held.skip_first, args.limit):
+        raise UserError(f"no articles to evaluate: the corpus has {len(corpus.articles)} and the first "
+                        f"{held.skip_first} are skipped", corpus.path)
+    spec = EvalSpec(corpus=corpus, self_source=args.self_source, others=others,
                     tasks=tasks + ([FAMILIARITY] if args.familiarity else []), skip_first=held.skip_first,
                     limit=args.limit, preset=protocol.preset, protocol=protocol, templates=_templates(args.template),
                     domain=args.domain, seed=args.seed, n_resamples=args.n_resamples)
+    check_model_dir(args.model)
+    # every cheap check done: say what is used and loaded before torch and transformers are imported
+    protocol.announce()
+    if held.note:
+        print(held.note, file=sys.stderr)
+    print(f"loading {args.model} ...", file=sys.stderr, flush=True)
+    from selfrec_ft.scoring.evaluate import evaluate
+    from selfrec_ft.scoring.scorer import Scorer
+
     scorer = Scorer(args.model, dtype=args.dtype, device=args.device, batch_size=args.batch_size,
                     max_batch_tokens=args.max_batch_tokens, max_length=args.max_length, base_model=args.base_model)
     result = evaluate(scorer, spec, args.out, progress=not args.no_progress)
