@@ -340,12 +340,6 @@ def test_killed_sweep_resumes_to_the_rows_of_an_uninterrupted_one(swept, directi
 # ----------------------------------------------------------------------------- command line
 
 
-def _without_prompts_line(err: str) -> str:
-    """stderr without the informational ``prompts: ...`` line the commands print first (issue 22):
-    what is left must be the one-line error."""
-    return "".join(line for line in err.splitlines(keepends=True) if not line.startswith("prompts: "))
-
-
 def test_cli_fit_and_sweep(tiny_model_dir, short_corpus_dir, ood_corpus_dir, tmp_path, capsys):
     d = tmp_path / "dirs"
     rc = main(["steer", "fit", "--model", str(tiny_model_dir), "--corpus", str(short_corpus_dir), "--self-source",
@@ -378,7 +372,7 @@ def test_cli_sweep_errors_are_one_line(directions, tiny_model_dir, short_corpus_
                                        message):
     rc = main(["steer", "sweep", "--directions", directions.manifest["path"], "--model", str(tiny_model_dir),
                "--corpus", str(short_corpus_dir), "--self-source", SELF, "--out", str(tmp_path / "x"), *extra])
-    err = _without_prompts_line(capsys.readouterr().err)
+    err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
 
 
@@ -441,7 +435,7 @@ def test_a_direction_of_another_hidden_size_is_refused(tiny_model_dir, short_cor
 def test_cli_fit_errors_are_one_line(tiny_model_dir, short_corpus_dir, tmp_path, capsys, extra, message):
     rc = main(["steer", "fit", "--model", str(tiny_model_dir), "--corpus", str(short_corpus_dir), "--self-source",
                SELF, "--out", str(tmp_path / "d"), "--no-progress", *extra])
-    err = _without_prompts_line(capsys.readouterr().err)
+    err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "d" / "directions.json").exists()
 
@@ -460,7 +454,7 @@ def test_a_damaged_directions_manifest_is_one_line(directions, tmp_path, capsys,
     (d / "directions.json").write_bytes(content)
     rc = main(["steer", "sweep", "--directions", str(d), "--model", "m", "--corpus", "c", "--self-source", SELF,
                "--mode", "scale", "--values", "1", "--out", str(tmp_path / "o")])
-    err = _without_prompts_line(capsys.readouterr().err)
+    err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
     # the vectors must match the hash the manifest recorded
     shutil.copy(Path(directions.manifest["path"]) / "directions.json", d / "directions.json")

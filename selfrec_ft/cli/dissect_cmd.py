@@ -131,7 +131,8 @@ def _judges_protocol(paths: list[str], flag: str | None):
             raise UserError("the judges were trained with different prompt presets ("
                             + ", ".join(f"{p.preset} in {p.manifest}" for p in trained) + "); pass --prompt-preset")
         chosen = trained[0] if trained else chosen
-    print(chosen.line, file=sys.stderr)
+    if not chosen.quiet:
+        print(chosen.line, file=sys.stderr)
     for p in found:
         if p.warning:
             print(p.warning, file=sys.stderr)

@@ -10,7 +10,8 @@ that takes a model resolves its preset with :func:`resolve_protocol`:
 * an explicit flag wins; when its templates differ from the manifest's, :attr:`Protocol.warning` is
   one line saying so, and the report records both (:func:`protocol_record`);
 * else the manifest's preset: ``prompts: preset compact, from outputs/demo/training_manifest.json``;
-* a model without a manifest (a base model, a hub id) keeps the command's default.
+* a model without a manifest (a base model, a hub id) keeps the command's default, silently (the
+  report still states the protocol).
 
 The manifest is the model directory's, or that of the run a ``checkpoint-N`` belongs to
 (:func:`find_manifest`). A preset given as a YAML file is copied into the run directory
@@ -155,10 +156,17 @@ class Protocol:
         return (f"warning: {self.flag} {preset_name(self.preset)} differs from the preset the model was trained with "
                 f"({preset_name(self.trained)}, {self.manifest}); its numbers measure other prompts than it learned")
 
+    @property
+    def quiet(self) -> bool:
+        """Nothing to say: a model without a training manifest, scored as asked (today's defaults)."""
+        return self.manifest is None
+
     def announce(self) -> None:
-        """Print :attr:`line` (and :attr:`warning`) on stderr."""
+        """Print :attr:`line` (and :attr:`warning`) on stderr, for a model with a training manifest."""
         import sys
 
+        if self.quiet:
+            return
         print(self.line, file=sys.stderr, flush=True)
         if self.warning:
             print(self.warning, file=sys.stderr, flush=True)
