@@ -17,7 +17,7 @@ from selfrec_ft.cli import main
 from selfrec_ft.data.corpus import load_corpus
 from selfrec_ft.data.p1_import import MANIFEST, import_p1
 from selfrec_ft.errors import UserError
-from selfrec_ft.scoring.report import read_p1_file
+from selfrec_ft.data.p1_results import read_p1_file
 
 # P1's order is the articles file's key order, deliberately not sorted
 ARTICLE_IDS = {"xsum": ["35232142", "1002", "40143035", "2"], "cnn": ["42c027e4", "0b9a", "ee01", "7f3c"]}

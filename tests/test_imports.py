@@ -27,16 +27,8 @@ def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
     """``{module: selfrec_ft modules it imports}`` from every import statement in its source, at
     module level or inside functions. ``from pkg import name`` counts as importing ``pkg.name`` when
     that is a module, else ``pkg``; relative imports are resolved against the module's package.
-    Imports under ``if TYPE_CHECKING:`` are left out: they never run (annotations only)."""
-
-    def type_checking_only(tree: ast.AST) -> set[int]:
-        skip: set[int] = set()
-        for node in ast.walk(tree):
-            test = getattr(node, "test", None)
-            if isinstance(node, ast.If) and (getattr(test, "id", None) == "TYPE_CHECKING"
-                                             or getattr(test, "attr", None) == "TYPE_CHECKING"):
-                skip.update(id(n) for stmt in node.body for n in ast.walk(stmt))
-        return skip
+    Imports under ``if TYPE_CHECKING:`` count too: two modules that need each other's names, even only
+    for annotations, belong together or need a third module below both."""
 
     def owner(name: str) -> str | None:
         while name and name not in modules:
@@ -48,10 +40,7 @@ def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         deps: set[str] = set()
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-        skip = type_checking_only(tree)
         for node in ast.walk(tree):
-            if id(node) in skip:
-                continue
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
@@ -111,6 +100,51 @@ def test_the_graph_sees_deferred_and_relative_imports(tmp_path):
     assert graph["selfrec_ft.sub.a"] == {"selfrec_ft.sub.b"}
     assert graph["selfrec_ft.sub.b"] == {"selfrec_ft.sub.a"}
     assert find_cycle(graph) in (["selfrec_ft.sub.a", "selfrec_ft.sub.b", "selfrec_ft.sub.a"],)
+
+
+def test_the_graph_counts_imports_made_only_for_type_checking(tmp_path):
+    pkg = tmp_path / "selfrec_ft"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from selfrec_ft.b import B\n")
+    (pkg / "b.py").write_text("from selfrec_ft.a import f\n")
+    modules = {"selfrec_ft": pkg / "__init__.py", "selfrec_ft.a": pkg / "a.py", "selfrec_ft.b": pkg / "b.py"}
+    assert find_cycle(import_graph(modules)) == ["selfrec_ft.a", "selfrec_ft.b", "selfrec_ft.a"]
+
+
+def layer_violations(graph: dict[str, set[str]], lower: str, upper: str, allowed=()) -> list[str]:
+    """``"module -> imported"`` for every module inside package ``lower`` (or, with ``lower`` ""
+    every module outside ``upper``) that imports a module of package ``upper``."""
+
+    def inside(name: str, pkg: str) -> bool:
+        return name == pkg or name.startswith(pkg + ".")
+
+    return sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps
+                  if inside(d, upper) and not inside(m, upper) and m not in allowed
+                  and (not lower or inside(m, lower)))
+
+
+def test_layer_violations_are_found_in_a_planted_graph():
+    graph = {"selfrec_ft.cli": {"selfrec_ft.cmdline"}, "selfrec_ft.cli.x": {"selfrec_ft.cli"},
+             "selfrec_ft.scripts.sft": {"selfrec_ft.cli.x", "selfrec_ft.cmdline"},
+             "selfrec_ft.data.p1": {"selfrec_ft.scoring.report"}, "selfrec_ft.__main__": {"selfrec_ft.cli"}}
+    assert layer_violations(graph, "", "selfrec_ft.cli", allowed={"selfrec_ft.__main__"}) == [
+        "selfrec_ft.scripts.sft -> selfrec_ft.cli.x"]
+    assert layer_violations(graph, "selfrec_ft.data", "selfrec_ft.scoring") == [
+        "selfrec_ft.data.p1 -> selfrec_ft.scoring.report"]
+
+
+def test_nothing_below_the_command_line_imports_it():
+    """The ``selfrec`` command line is the top layer: library modules, the recipes' entry points
+    (``scripts/``), sweeps and training share its helpers through :mod:`selfrec_ft.cmdline`, below it.
+    ``python -m selfrec_ft`` (``__main__``) is the one module above it."""
+    graph = import_graph(module_files())
+    assert layer_violations(graph, "", "selfrec_ft.cli", allowed={"selfrec_ft.__main__"}) == []
+
+
+def test_data_import_does_not_depend_on_scoring():
+    graph = import_graph(module_files())
+    assert layer_violations(graph, "selfrec_ft.data", "selfrec_ft.scoring") == []
 
 
 def test_no_import_cycle_among_selfrec_ft_modules():

@@ -12,7 +12,8 @@ import pytest
 from selfrec_ft.cli import report_cmd
 from selfrec_ft.errors import UserError
 from selfrec_ft.scoring.metrics import compute_report
-from selfrec_ft.scoring.report import load_rows, read_p1_file, render_markdown, report_paths
+from selfrec_ft.data.p1_results import read_p1_file
+from selfrec_ft.scoring.report import load_rows, render_markdown, report_paths
 
 REAL_XSUM = Path("/work/shared/data/selfrec/paper_raw/pairwise/xsum/llama_results.jsonl")
 
@@ -295,7 +296,7 @@ def test_p1_fine_tuned_recognition_file(tmp_path):
 
 
 def test_p1_evaluator_names():
-    from selfrec_ft.scoring.report import p1_evaluator
+    from selfrec_ft.data.p1_results import p1_evaluator
 
     assert p1_evaluator("xsum_500_ft_llama") == ("llama2-7b-chat", "xsum_500_ft_llama")
     assert p1_evaluator("cnn_always_1_ft_llama") == ("llama2-7b-chat", "cnn_always_1_ft_llama")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from selfrec_ft.cli.common import int_at_least, split_list
@@ -63,7 +64,9 @@ def register(sub) -> None:
     g.add_argument("--seed", type=int, help="seed of the coin that puts the self summary first or second "
                    "(default 0); also the bootstrap seed")
     g = p.add_argument_group("judging (with --judge)")
-    g.add_argument("--prompt-preset", default=DEFAULT_PRESET, help="preset name or YAML template file")
+    g.add_argument("--prompt-preset",
+                   help="preset name or YAML template file (default: the preset the fine-tuned judge was trained "
+                        f"with, from its training_manifest.json; {DEFAULT_PRESET} when no judge has one)")
     g.add_argument("--template", default=PREFERENCE,
                    help="preference template of the preset (default pairwise-preference)")
     g.add_argument("--batch-size", type=int_at_least(1), default=DEFAULT_BATCH_SIZE,
@@ -114,6 +117,28 @@ def _scorer(path: str, args: argparse.Namespace):
                   max_batch_tokens=args.max_batch_tokens, max_length=args.max_length)
 
 
+def _judges_protocol(paths: list[str], flag: str | None):
+    """One protocol for every judge (compared judges read the same prompts): --prompt-preset, else
+    the preset of the judges' training manifests (they must agree), else the default. Said in one
+    line; a judge trained with another preset than the one used gets its warning line."""
+    from selfrec_ft.prompts.protocol import resolve_protocol, templates_sha256
+
+    found = [resolve_protocol(path, flag) for path in paths]
+    chosen = found[0]
+    if flag is None:
+        trained = [p for p in found if p.origin == "manifest"]
+        if len({templates_sha256(p.preset) for p in trained}) > 1:
+            raise UserError("the judges were trained with different prompt presets ("
+                            + ", ".join(f"{p.preset} in {p.manifest}" for p in trained) + "); pass --prompt-preset")
+        chosen = trained[0] if trained else chosen
+    if not chosen.quiet:
+        print(chosen.line, file=sys.stderr)
+    for p in found:
+        if p.warning:
+            print(p.warning, file=sys.stderr)
+    return chosen
+
+
 def _run(args: argparse.Namespace) -> int:
     from selfrec_ft.files import writable_dir
 
@@ -142,7 +167,8 @@ def _run(args: argparse.Namespace) -> int:
         from selfrec_ft.dissection.comparisons import fit_and_write, label_comparisons_file
 
         _, path = parse_judge(args.judge[0])
-        labelled = label_comparisons_file(args.comparisons, _scorer(path, args), args.out, preset=args.prompt_preset,
+        protocol = _judges_protocol([path], args.prompt_preset)
+        labelled = label_comparisons_file(args.comparisons, _scorer(path, args), args.out, preset=protocol.preset,
                                           template=args.template, progress=not args.no_progress)
         summary = labelled.summary
         print(f"judged {summary['judged']} lines ({summary['ties']} ties, {summary['invalid']} invalid dropped); "
@@ -170,12 +196,13 @@ def _run_self_preference(args: argparse.Namespace, fit_kwargs: dict) -> int:
         if name in paths:
             raise UserError(f"two judges are named {name!r}; name them with NAME=PATH")
         paths[name] = path
+    protocol = _judges_protocol(list(paths.values()), args.prompt_preset)
     judges = {name: _scorer(path, args) for name, path in paths.items()}
     others = split_list(args.others)
     if args.others is not None and not others:
         raise UserError("--others names no source")
     spec = EvalSpec(corpus=args.corpus, self_source=args.self_source, others=others, tasks=[PREFERENCE],
-                    skip_first=args.skip_first or 0, limit=args.limit, preset=args.prompt_preset,
+                    skip_first=args.skip_first or 0, limit=args.limit, preset=protocol.preset, protocol=protocol,
                     templates={PREFERENCE: args.template}, seed=args.seed or 0)
     result = run_judge_dissection(judges, spec, args.out, method=args.method, prior_scale=args.prior_scale,
                                   progress=not args.no_progress, **fit_kwargs)

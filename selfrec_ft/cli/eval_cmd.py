@@ -52,7 +52,9 @@ def register(sub) -> None:
                    help="score articles the model was trained on (its training manifest lists them); refused "
                         "without this flag")
     p.add_argument("--limit", type=int_at_least(1), help="score at most K articles")
-    p.add_argument("--prompt-preset", default=DEFAULT_PRESET, help="preset name or YAML template file")
+    p.add_argument("--prompt-preset",
+                   help="preset name or YAML template file (default: the preset the model was trained with, from "
+                        f"its training_manifest.json; {DEFAULT_PRESET} for a model without one)")
     p.add_argument("--template", action="append", metavar="TASK=TEMPLATE",
                    help="use a variant template for a task, e.g. pairwise-preference=pairwise-preference-worse")
     p.add_argument("--batch-size", type=int_at_least(1), default=DEFAULT_BATCH_SIZE,
@@ -79,9 +81,9 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from selfrec_ft.data.corpus import load_corpus
     from selfrec_ft.files import writable_dir
-    from selfrec_ft.scoring.evaluate import evaluate
+    from selfrec_ft.models.loading import check_model_dir
+    from selfrec_ft.prompts.protocol import resolve_protocol
     from selfrec_ft.scoring.heldout import resolve_heldout
-    from selfrec_ft.scoring.scorer import Scorer
     from selfrec_ft.scoring.spec import EvalSpec
 
     tasks = split_list(args.tasks) or []
@@ -91,15 +93,28 @@ def run(args: argparse.Namespace) -> int:
     if args.familiarity and args.domain is None:
         raise UserError("--familiarity needs --domain (short or highlights) to pick the generation prompt")
     writable_dir(args.out, create=False)  # before the model loads (nothing created yet)
+    protocol = resolve_protocol(args.model, args.prompt_preset)
     corpus = load_corpus(args.corpus)
+    others = split_list(args.others)
+    corpus.require_sources([args.self_source, *(others or [])])
     held = resolve_heldout(args.model, args.corpus, [a.id for a in corpus.articles], args.skip_first,
                            args.allow_train_articles, args.limit)
+    if not corpus.heldout_articles(held.skip_first, args.limit):
+        raise UserError(f"no articles to evaluate: the corpus has {len(corpus.articles)} and the first "
+                        f"{held.skip_first} are skipped", corpus.path)
+    spec = EvalSpec(corpus=corpus, self_source=args.self_source, others=others,
+                    tasks=tasks + ([FAMILIARITY] if args.familiarity else []), skip_first=held.skip_first,
+                    limit=args.limit, preset=protocol.preset, protocol=protocol, templates=_templates(args.template),
+                    domain=args.domain, seed=args.seed, n_resamples=args.n_resamples)
+    check_model_dir(args.model)
+    # every cheap check done: say what is used and loaded before torch and transformers are imported
+    protocol.announce()
     if held.note:
         print(held.note, file=sys.stderr)
-    spec = EvalSpec(corpus=corpus, self_source=args.self_source, others=split_list(args.others),
-                    tasks=tasks + ([FAMILIARITY] if args.familiarity else []), skip_first=held.skip_first,
-                    limit=args.limit, preset=args.prompt_preset, templates=_templates(args.template),
-                    domain=args.domain, seed=args.seed, n_resamples=args.n_resamples)
+    print(f"loading {args.model} ...", file=sys.stderr, flush=True)
+    from selfrec_ft.scoring.evaluate import evaluate
+    from selfrec_ft.scoring.scorer import Scorer
+
     scorer = Scorer(args.model, dtype=args.dtype, device=args.device, batch_size=args.batch_size,
                     max_batch_tokens=args.max_batch_tokens, max_length=args.max_length, base_model=args.base_model)
     result = evaluate(scorer, spec, args.out, progress=not args.no_progress)

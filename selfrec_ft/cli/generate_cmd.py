@@ -23,8 +23,9 @@ def register(sub) -> None:
                    help="base model, LoRA adapter or checkpoint directory (or a hub id)")
     p.add_argument("--corpus", required=True, metavar="DIR", help="corpus directory (articles.jsonl)")
     p.add_argument("--source", required=True, metavar="NAME", help="source name recorded on each row")
-    p.add_argument("--prompt-preset", default=DEFAULT_PRESET, metavar="NAME",
-                   help=f"prompt preset name or YAML path (default {DEFAULT_PRESET})")
+    p.add_argument("--prompt-preset", metavar="NAME",
+                   help="prompt preset name or YAML path (default: the preset the model was trained with, from its "
+                        f"training_manifest.json; {DEFAULT_PRESET} for a model without one)")
     p.add_argument("--domain", choices=GENERATION_DOMAINS, default="short",
                    help="short: one sentence (XSUM-like); highlights: 3-4 lines (CNN/DM-like)")
     p.add_argument("--max-new-tokens", type=int_at_least(1), default=100, metavar="T", help="default 100")
@@ -50,7 +51,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from selfrec_ft.generation.generate import generate_summaries
+    from selfrec_ft.prompts.protocol import resolve_protocol
 
     sampling = {"--temperature": args.temperature, "--top-p": args.top_p,
                 "--num-return-sequences": args.num_return_sequences, "--seed": args.seed}
@@ -58,9 +59,13 @@ def run(args: argparse.Namespace) -> int:
         given = [name for name, value in sampling.items() if value is not None]
         if given:
             raise UserError(f"{', '.join(given)} only apply with --sample (the default is greedy decoding)")
+    protocol = resolve_protocol(args.model, args.prompt_preset)
+    protocol.announce()
+    from selfrec_ft.generation.generate import generate_summaries
+
     result = generate_summaries(
         args.model, args.corpus, args.source,
-        prompt_preset=args.prompt_preset, domain=args.domain, max_new_tokens=args.max_new_tokens,
+        prompt_preset=protocol.preset, domain=args.domain, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, limit=args.limit, max_length=args.max_length, sample=args.sample,
         temperature=1.0 if args.temperature is None else args.temperature,
         top_p=1.0 if args.top_p is None else args.top_p,

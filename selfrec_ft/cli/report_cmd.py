@@ -32,10 +32,21 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from selfrec_ft.jsonl import atomic_write_json
+    from selfrec_ft.prompts.protocol import protocols_differ_note, report_protocol
     from selfrec_ft.scoring.report import render_markdown, report_paths
 
+    protocols, note = {}, None
+    if args.format == "selfrec":  # each examples.jsonl's evaluation states its prompt protocol
+        protocols = {str(p): report_protocol(p) for p in args.inputs}
+        note = protocols_differ_note(args.inputs)
+        if note:  # before the numbers (and before reading them): they measure different prompts
+            print(note, flush=True)
     report = report_paths(args.inputs, fmt=args.format, seed=args.seed, n_resamples=args.n_resamples,
                           skip_first=args.skip_first)
+    if any(protocols.values()):
+        report["protocols"] = protocols
+    if note:
+        report["protocol_note"] = note
     print(render_markdown(report), end="")
     if args.json:
         try:

@@ -72,7 +72,9 @@ def register(sub) -> None:
                                     "with at most 6, else 4 evenly spaced)")
     f.add_argument("--heldout-fraction", type=float, default=0.25,
                    help="last fraction of the N articles held out to measure separation (default 0.25)")
-    f.add_argument("--prompt-preset", default=DEFAULT_PRESET, help="preset name or YAML template file")
+    f.add_argument("--prompt-preset",
+                   help="preset name or YAML template file (default: the preset the model was trained with, from "
+                        f"its training_manifest.json; {DEFAULT_PRESET} for a model without one)")
     f.add_argument("--seed", type=int, default=0, help="seed of the random control direction")
     f.add_argument("--out", required=True, help="output directory")
     f.set_defaults(func=run_fit)
@@ -105,7 +107,8 @@ def register(sub) -> None:
     s.add_argument("--allow-train-articles", action="store_true",
                    help="score articles the model was trained on (refused without this flag)")
     s.add_argument("--limit", type=int_at_least(1), help="score at most K articles per domain")
-    s.add_argument("--prompt-preset", help="preset name or YAML file (default: the one the directions used)")
+    s.add_argument("--prompt-preset", help="preset name or YAML file (default: the preset the model was trained "
+                                           "with, from its training_manifest.json; else the one the directions used)")
     s.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     s.add_argument("--n-resamples", type=int_at_least(1), default=2000, help="bootstrap resamples")
     s.add_argument("--out", required=True, help="output directory")
@@ -144,10 +147,13 @@ def run_fit(args: argparse.Namespace) -> int:
 
     from selfrec_ft.data.corpus import load_corpus
     from selfrec_ft.jsonl import atomic_write_text
+    from selfrec_ft.prompts.protocol import resolve_protocol
     from selfrec_ft.scoring.heldout import resolve_heldout
     from selfrec_ft.scoring.spec import EvalSpec
     from selfrec_ft.steering.directions import MANIFEST_FILE, fit_directions, separation_markdown
 
+    protocol = resolve_protocol(args.model, args.prompt_preset)
+    protocol.announce()
     corpus = load_corpus(args.corpus)
     n = args.n_articles
     if n is None:
@@ -157,7 +163,7 @@ def run_fit(args: argparse.Namespace) -> int:
         n = held.skip_first
         print(f"--n-articles {n}: the model's training articles (its training manifest)", file=sys.stderr)
     spec = EvalSpec(corpus=corpus, self_source=args.self_source, others=split_list(args.others),
-                    tasks=("pairwise-recognition",), preset=args.prompt_preset)
+                    tasks=("pairwise-recognition",), preset=protocol.preset, protocol=protocol)
     layers = _layers(args.layers)
     scorer = _scorer(args)  # checks the model path
     _check_layers_early(args, layers)
@@ -171,6 +177,22 @@ def run_fit(args: argparse.Namespace) -> int:
     print(f"best layers (held-out AUROC): " + ", ".join(f"{k} {v}" for k, v in best.items() if k != "random"))
     print(f"directions: {Path(out) / 'directions.safetensors'}; manifest: {Path(out) / MANIFEST_FILE}")
     return 0
+
+
+def _sweep_protocol(args, directions_manifest: dict, where):
+    """The sweep's prompts: --prompt-preset, else the model's training manifest, else the preset the
+    directions were fitted with, else the default; said in one line (and a differing one in another)."""
+    from selfrec_ft.prompts.protocol import Protocol, resolve_protocol, templates_sha256
+
+    protocol = resolve_protocol(args.model, args.prompt_preset)
+    fitted = directions_manifest.get("preset")
+    if protocol.origin == "default" and fitted:
+        protocol = Protocol(str(fitted), "flag", flag=f"the directions ({where})")
+    protocol.announce()
+    if fitted and templates_sha256(str(fitted)) != templates_sha256(protocol.preset):
+        print(f"note: the directions were fitted with preset {fitted} ({where}); scoring with {protocol.preset}",
+              file=sys.stderr)
+    return protocol
 
 
 def run_sweep(args: argparse.Namespace) -> int:
@@ -194,6 +216,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             raise UserError(f"the directions were fitted on {man.get('model')}, whose files differ from {args.model}'s; "
                             "pass --allow-other-model to steer this model with them", Path(args.directions) / MANIFEST_FILE)
         print(f"note: the directions were read from {man['model']}; steering {args.model}", file=sys.stderr)
+    protocol = _sweep_protocol(args, man, Path(args.directions) / MANIFEST_FILE)
     corpus = load_corpus(args.corpus)
     ids = [a.id for a in corpus.articles]
     held = resolve_heldout(args.model, args.corpus, ids, args.skip_first, args.allow_train_articles, args.limit)
@@ -212,14 +235,15 @@ def run_sweep(args: argparse.Namespace) -> int:
         elif skip < last:
             raise UserError(f"--skip-first {skip} would score articles the directions were fitted on (the first "
                             f"{last}); use at least {last}", args.corpus)
-    preset = args.prompt_preset or man.get("preset") or DEFAULT_PRESET
+    preset = protocol.preset
     others = split_list(args.others)
     specs = {"in_domain": EvalSpec(corpus=corpus, self_source=args.self_source, others=others, skip_first=skip,
-                                   limit=args.limit, preset=preset, seed=args.seed, n_resamples=args.n_resamples)}
+                                   limit=args.limit, preset=preset, protocol=protocol, seed=args.seed,
+                                   n_resamples=args.n_resamples)}
     if args.out_of_domain:
         specs["out_of_domain"] = EvalSpec(corpus=load_corpus(args.out_of_domain), self_source=args.self_source,
                                           others=others, skip_first=0, limit=args.limit, preset=preset,
-                                          seed=args.seed, n_resamples=args.n_resamples)
+                                          protocol=protocol, seed=args.seed, n_resamples=args.n_resamples)
     scorer = _scorer(args)
     steer = run_steer_sweep(scorer, directions, setting, values, specs, args.out, progress=not args.no_progress)
     from selfrec_ft.steering.sweep import steer_markdown

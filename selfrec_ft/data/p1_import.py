@@ -15,7 +15,7 @@ clone of it, :func:`import_p1` writes, for each dataset ``ds`` in ``xsum`` and `
   ``individual_setting_results/recognition_results/{ds}/NAME.json`` and
   ``individual_setting_results/score_results/{ds}/NAME.json`` as JSON lines, one list item per
   line with every field kept, each checked with the reader of ``selfrec report --format p1``
-  (:func:`selfrec_ft.scoring.report.read_p1_file`). P1's pairwise files for the GPT-3.5 and GPT-4
+  (:func:`selfrec_ft.data.p1_results.read_p1_file`). P1's pairwise files for the GPT-3.5 and GPT-4
   evaluators hold only argmax answers, no per-order probabilities: that reader refuses them, so
   they are skipped and listed.
 
@@ -39,7 +39,7 @@ from typing import Any
 from selfrec_ft.data.corpus import Article, Corpus, check_corpus, holds_corpus, write_new_corpus
 from selfrec_ft.errors import UserError
 from selfrec_ft.jsonl import atomic_write_json, atomic_write_text
-from selfrec_ft.scoring.report import P1_PAIRWISE_FIELDS, P1_SOURCE_NAMES, read_p1_file
+from selfrec_ft.data.p1_results import P1_PAIRWISE_FIELDS, P1_SOURCE_NAMES, read_p1_file
 
 P1_REPOSITORY = "https://github.com/ArjunPanickssery/self_recognition"
 P1_DATASETS = ("xsum", "cnn")

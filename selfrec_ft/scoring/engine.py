@@ -36,8 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -60,56 +59,12 @@ from selfrec_ft.scoring.packing import (  # noqa: F401  (common_prefix_len, Unit
     plain_batches,
     plan_units,
 )
+from selfrec_ft.scoring.requests import ScoreRequest, ScoreResult, as_request  # noqa: F401  (re-exported)
 
 DEFAULT_ROW_TOKENS = 2048
 """Tokens per packed row when ``max_batch_tokens`` is not given."""
 ATTENTION_MODE: str | None = None
 """Packed attention's mode (``"cascade"`` / ``"mask"``); None: cascade on CPU, mask elsewhere."""
-
-
-@dataclass
-class ScoreRequest:
-    """What to score. ``option_ids`` are read at the position after ``prompt_ids``; ``span_ids`` (if
-    given) are scored as a continuation of the prompt. ``group`` marks prompts sharing a prefix.
-    ``summary_spans`` (``{"self": (start, end), "other": ...}``, token positions in ``prompt_ids``)
-    say where the prompt's summaries are, for layer hooks that act on them (steering)."""
-
-    prompt_ids: list[int]
-    option_ids: dict[str, int] = field(default_factory=dict)
-    group: Hashable | None = None
-    span_ids: list[int] | None = None
-    summary_spans: dict[str, tuple[int, int]] | None = None
-
-
-@dataclass
-class ScoreResult:
-    """``probs``: raw p(o), softmax over the full vocabulary; ``p_hat``: p(o)/Σp (None when the mass
-    is zero or not finite); ``option_mass``: Σp; ``mean_logprob``: mean log p of the span tokens;
-    ``recorded``: what the call's layer hooks recorded for the request (:func:`score_requests`)."""
-
-    probs: dict[str, float] | None = None
-    p_hat: dict[str, float] | None = None
-    option_mass: float | None = None
-    mean_logprob: float | None = None
-    n_span_tokens: int = 0
-    recorded: Any = None  # what layer hooks recorded for this request (e.g. activations), if anything
-
-
-def as_request(r: ScoreRequest | Mapping[str, Any]) -> ScoreRequest:
-    """A :class:`ScoreRequest` from itself or a mapping with the same keys (validated)."""
-    if not isinstance(r, ScoreRequest):
-        spans = r.get("summary_spans")
-        r = ScoreRequest(prompt_ids=list(r["prompt_ids"]), option_ids=dict(r.get("option_ids") or {}),
-                         group=r.get("group"), span_ids=None if r.get("span_ids") is None else list(r["span_ids"]),
-                         summary_spans=None if spans is None else {k: tuple(v) for k, v in spans.items()})
-    if not r.prompt_ids:
-        raise ValueError("a scoring request needs at least one prompt token")
-    if not r.option_ids and not r.span_ids:
-        raise ValueError("a scoring request needs option_ids or a non-empty span_ids")
-    for role, (a, b) in (r.summary_spans or {}).items():
-        if not 0 <= a < b <= len(r.prompt_ids):
-            raise ValueError(f"summary span {role!r} ({a}, {b}) is not inside the prompt's {len(r.prompt_ids)} tokens")
-    return r
 
 
 # ----------------------------------------------------------------------------- model plumbing

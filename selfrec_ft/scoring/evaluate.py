@@ -6,7 +6,8 @@ appended chunk by chunk with :class:`~selfrec_ft.jsonl.JsonlAppender`; a killed 
 same arguments skips the rows already written (by their unique key) and scores the rest, so the
 file ends with exactly the rows of an uninterrupted run. ``OUT/eval_config.json`` records the
 settings that change the numbers; a rerun with different ones is refused. At the end
-``OUT/report.json`` and ``OUT/report.md`` are written atomically from all rows of the file.
+``OUT/report.json`` and ``OUT/report.md`` are written atomically from all rows of the file; both state
+the prompt protocol (``protocol``: preset, templates sha256, where it came from).
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ def evaluate(scorer: Scorer, spec: EvalSpec, out_dir: str | os.PathLike, *, prog
 
 def _write_report(out: Path, scorer: Scorer, spec: EvalSpec, items: ScoringItems, corpus, is_main: bool
                   ) -> tuple[dict[str, Any], str]:
+    from selfrec_ft.prompts.protocol import protocol_markdown, protocol_record
     from selfrec_ft.scoring.metrics import compute_report
     from selfrec_ft.scoring.report import render_markdown
 
@@ -170,7 +172,10 @@ def _write_report(out: Path, scorer: Scorer, spec: EvalSpec, items: ScoringItems
         "preset": spec.preset, "max_length": max_length, "dtype": scorer.dtype, "domain": spec.domain,
         "examples": str(examples), "chat_template": items.chat,
     }
+    report["protocol"] = protocol_record(spec.preset, spec.template_map, spec.protocol)
     md = render_markdown(report, title=f"Evaluation of {spec.self_source}")
+    head, sep, rest = md.partition("\n\n")  # the protocol right under the title, before the numbers
+    md = head + sep + protocol_markdown(report["protocol"]) + "\n" + rest
     fit = f"{items.shortened} had their article shortened to fit max_length={max_length}" if max_length \
         else "no max_length, no article shortened"
     md += (f"\n{len(items)} prompts on {n_articles} articles; {fit}"

@@ -17,13 +17,13 @@ Torch-free: reads JSON and hashes files only.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfrec_ft.defaults import ARTICLES_FILE, MANIFEST_FILE
+from selfrec_ft.defaults import ARTICLES_FILE
 from selfrec_ft.errors import UserError
+from selfrec_ft.prompts.protocol import find_manifest, read_manifest_file  # noqa: F401  (find_manifest re-exported)
 
 
 @dataclass(frozen=True)
@@ -32,15 +32,6 @@ class Heldout:
 
     skip_first: int
     note: str | None = None
-
-
-def find_manifest(model: str | os.PathLike) -> Path | None:
-    """The training manifest of a model directory or of the run a ``checkpoint-N`` belongs to."""
-    path = Path(model).expanduser()
-    for cand in (path / MANIFEST_FILE, path.parent / MANIFEST_FILE):
-        if cand.is_file() and (cand.parent == path or path.name.startswith("checkpoint-")):
-            return cand
-    return None
 
 
 def _sha256(path: Path) -> str:
@@ -58,10 +49,7 @@ def resolve_heldout(model: str | os.PathLike, corpus_dir: str | os.PathLike, art
     manifest_path = find_manifest(model)
     if manifest_path is None:
         return Heldout(0 if skip_first is None else skip_first)
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"unreadable training manifest ({exc})", manifest_path) from None
+    manifest = read_manifest_file(manifest_path)
     trained = {str(a) for a in manifest.get("train_article_ids") or []}
     note = None
     if skip_first is None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from selfrec_ft.probabilities import PROB_TOLERANCE, probs_problem  # noqa: F401  (re-exported)
 from selfrec_ft.stats import (
     MIN_CLUSTERS_CI,
     cluster_bootstrap_interval,
@@ -44,8 +45,6 @@ POSITION_BIAS_THRESHOLD = 0.8
 """A task is flagged ``position_biased`` when always-1 or always-2 reaches this fraction."""
 TIE_TOLERANCE = 1e-9
 """A score with |score − 0.5| ≤ this is a tie: it counts ½ in accuracy."""
-PROB_TOLERANCE = 1e-6
-"""Rounding allowed above 1 for a probability and for the sum of a row's option probabilities."""
 
 
 # ----------------------------------------------------------------------------- single rows
@@ -55,27 +54,6 @@ def _num(x: Any) -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return math.nan
     return float(x)
-
-
-def probs_problem(probs: Mapping[str, Any]) -> str | None:
-    """Why raw option probabilities cannot be used, or None: ``"no options"``, ``"non-finite
-    probability"``, ``"negative probability"``, ``"probability above 1"``, ``"probabilities sum
-    above 1"`` (the last two up to :data:`PROB_TOLERANCE`) or ``"zero option mass"``."""
-    raw = [_num(p) for p in probs.values()]
-    if not raw:
-        return "no options"
-    if any(not math.isfinite(p) for p in raw):
-        return "non-finite probability"
-    if any(p < 0 for p in raw):
-        return "negative probability"
-    if any(p > 1 + PROB_TOLERANCE for p in raw):
-        return "probability above 1"
-    mass = sum(raw)
-    if mass > 1 + PROB_TOLERANCE:
-        return "probabilities sum above 1"
-    if not mass > 0:
-        return "zero option mass"
-    return None
 
 
 def out_of_range(probs: Mapping[str, Any] | None) -> bool:

@@ -18,12 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from selfrec_ft.scoring.packed_attention import Family
-
-if TYPE_CHECKING:  # pragma: no cover
-    from selfrec_ft.scoring.engine import ScoreRequest
+from selfrec_ft.scoring.requests import ScoreRequest
 
 
 def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:

@@ -2,8 +2,9 @@
 
 A spec names the corpus, the evaluator's own source and the sources it is compared with, the tasks,
 the held-out articles (those after the first ``skip_first``, at most ``limit``), the prompt preset
-and variant templates, the domain label written into the rows (it also picks the familiarity
-prompt), and the bootstrap of the report. It never says *with what* model: that is a
+and variant templates (``protocol``: where the preset came from, e.g. the model's training manifest,
+:func:`~selfrec_ft.prompts.protocol.resolve_protocol`; the report states it), the domain label
+written into the rows (it also picks the familiarity prompt), and the bootstrap of the report. It never says *with what* model: that is a
 :class:`~selfrec_ft.scoring.scorer.Scorer`.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 from selfrec_ft.data.corpus import Corpus, load_corpus
 from selfrec_ft.defaults import DEFAULT_PRESET, DEFAULT_TASKS, FAMILIARITY, GENERATION_TEMPLATES, TASKS
 from selfrec_ft.errors import UserError
+from selfrec_ft.prompts.protocol import Protocol
 
 
 def _names(value: str | Iterable[str] | None) -> tuple[str, ...] | None:
@@ -61,6 +63,7 @@ class EvalSpec:
     domain: str | None = None
     seed: int = 0
     n_resamples: int = 2000
+    protocol: Protocol | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from selfrec_ft.cli.common import run_main
+from selfrec_ft.cmdline import run_main
 
 NAME = "dpo"
 HELP = "inject or remove a P2 attribute with TRL's DPOTrainer and measure the shift (= recipes/attribute_dpo.py)"

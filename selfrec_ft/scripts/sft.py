@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from selfrec_ft.cli.common import run_main
+from selfrec_ft.cmdline import run_main
 
 NAME = "train"
 HELP = "fine-tune an evaluator's self-recognition with TRL's SFTTrainer (= recipes/selfrec_sft.py)"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from selfrec_ft.cli.common import ArgumentParser, run_main
+from selfrec_ft.cmdline import ArgumentParser, run_main
 
 NAME = "sweep"
 HELP = "train, evaluate and analyse a recognition-strength sweep (= recipes/sweep_recognition.py)"

@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +39,10 @@ from typing import Any
 
 from selfrec_ft import markdown as md
 from selfrec_ft.data.corpus import Corpus, load_corpus
-from selfrec_ft.defaults import EXAMPLES_FILE, FAMILIARITY, REPORT_JSON
+from selfrec_ft.defaults import DEFAULT_PRESET, EXAMPLES_FILE, FAMILIARITY, MANIFEST_FILE, REPORT_JSON
 from selfrec_ft.errors import UserError
 from selfrec_ft.jsonl import atomic_write_json, atomic_write_text, read_jsonl_rows
+from selfrec_ft.prompts.protocol import Protocol, manifest_preset, preset_name
 from selfrec_ft.scoring.spec import EvalSpec
 
 DOMAINS = ("in_domain", "out_of_domain")
@@ -106,7 +108,7 @@ def read_run_dir(path: str | os.PathLike, name: str | None = None) -> RunDir:
     """Read ``training_manifest.json`` and ``resolved_config.yaml`` of an SFT output directory."""
     import yaml
 
-    from selfrec_ft.training.manifest import CONFIG_FILE, MANIFEST_FILE
+    from selfrec_ft.training.manifest import CONFIG_FILE
 
     path = Path(path)
     if not path.is_dir():
@@ -146,8 +148,8 @@ def read_run_dir(path: str | os.PathLike, name: str | None = None) -> RunDir:
     return RunDir(
         path=path, name=name or path.name, base_model=str(manifest["model"]),
         self_source=str(manifest["self_source"]), others=list(manifest.get("others") or []) or None,
-        n_articles=n_articles, preset=str(manifest.get("prompt_preset") or data.get("prompt_preset")
-                                          or "panickssery2024"),
+        n_articles=n_articles, preset=manifest_preset(manifest, mpath) or str(data.get("prompt_preset")
+                                                                                or DEFAULT_PRESET),
         max_length=manifest.get("prompt_max_length"), dtype=_eval_dtype(model.get("dtype")),
         train_article_ids=frozenset(str(a) for a in manifest.get("train_article_ids") or []),
         final_step=final_step if isinstance(final_step, int) else None, final=final, checkpoints=checkpoints,
@@ -311,6 +313,7 @@ class _Target:
     dtype: str
     skip: int
     train_ids: frozenset[str]
+    manifest: str | None = None  # the run's training manifest: where the preset came from
 
 
 def _job(target: _Target, ck: Checkpoint, domain: str, root: Path, settings: EvalSettings,
@@ -335,7 +338,8 @@ def _job(target: _Target, ck: Checkpoint, domain: str, root: Path, settings: Eva
                         corpus.path)
     spec = EvalSpec(corpus=corpus, self_source=target.self_source, others=others, tasks=settings.spec_tasks,
                     skip_first=skip, limit=settings.limit, preset=target.preset, domain=kind, seed=settings.seed,
-                    n_resamples=settings.n_resamples)
+                    n_resamples=settings.n_resamples, protocol=Protocol(target.preset, "manifest", target.manifest,
+                                                                        target.preset))
     h = settings_hash(corpus=str(corpus.path), skip=skip, limit=settings.limit, self_source=target.self_source,
                       others=others, preset=target.preset, max_length=target.max_length, dtype=target.dtype,
                       kind=kind)
@@ -348,7 +352,7 @@ def _target(settings: EvalSettings, run: RunDir) -> _Target:
                    self_source=settings.self_source or run.self_source,
                    others=list(settings.others) if settings.others else run.others, preset=run.preset,
                    max_length=run.max_length, dtype=settings.dtype or run.dtype, skip=run.n_articles,
-                   train_ids=run.train_article_ids)
+                   train_ids=run.train_article_ids, manifest=str(run.path / MANIFEST_FILE))
 
 
 def _base_jobs(runs: Sequence[RunDir], settings: EvalSettings, base_root: Path, corpora: "CorpusCache"
@@ -380,6 +384,10 @@ def plan_evaluations(runs: Sequence[RunDir], settings: EvalSettings, base_root: 
     corpora now, before anything is scored."""
     corpora = corpora or CorpusCache(settings.demo_cache)
     targets = [(run, _target(settings, run)) for run in runs]  # every run's corpora checked up front
+    for name in dict.fromkeys(preset_name(run.preset) for run in runs):  # the prompts, said once per preset
+        with_it = [run for run in runs if preset_name(run.preset) == name]
+        where = with_it[0].path / MANIFEST_FILE if len(with_it) == 1 else f"the training manifests of {len(with_it)} runs"
+        print(f"prompts: preset {name}, from {where}", file=sys.stderr)
     jobs = _base_jobs(runs, settings, Path(base_root), corpora) if base_root is not None else []
     for run, target in targets:
         cks = list(run.checkpoints) if checkpoints else []

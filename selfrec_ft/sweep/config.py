@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from selfrec_ft import files
-from selfrec_ft.cli.common import config_value_problem
+from selfrec_ft.cmdline import config_value_problem
 from selfrec_ft.defaults import DEFAULT_HOOK_TASKS, GENERATION_TEMPLATES, LABEL_STRATEGIES, TASKS
 from selfrec_ft.errors import UserError
 

@@ -286,7 +286,7 @@ def _check_config(parser, path: Path) -> dict[tuple, int]:
     """Every top-level key of the config at ``path`` is a field of ``parser`` holding a value of its
     type (as TrlParser takes YAML values as defaults, a wrong type would otherwise surface
     mid-training); returns the key lines."""
-    from selfrec_ft.cli.common import config_value_problem
+    from selfrec_ft.cmdline import config_value_problem
 
     data, lines = _read_config(path)
     actions = {a.dest: a for a in parser._actions}
@@ -316,15 +316,75 @@ def with_default_config(argv: Sequence[str], default_config: str | os.PathLike |
     return args
 
 
+UNSET_WORDS = ("none", "null")
+"""``--KEY none`` (or ``null``) on the command line clears an optional key a recipe's YAML set."""
+
+
+def _optional_fields(parser) -> set[str]:
+    """Fields of the parser's dataclasses that may be None (default None, or an Optional type)."""
+    import dataclasses
+
+    out = set()
+    for kind in getattr(parser, "dataclass_types", ()):
+        for f in dataclasses.fields(kind):
+            if f.default is None or "None" in str(f.type) or "Optional" in str(f.type):
+                out.add(f.name)
+    return out
+
+
+def split_unset(parser, args: list[str]) -> tuple[list[str], set[str]]:
+    """``args`` without the ``--KEY none`` / ``--KEY=null`` of optional fields, and those KEYs. A
+    non-optional field keeps its ``none`` (the parser then says what is wrong with it)."""
+    optional, out, unset, i = _optional_fields(parser), [], set(), 0
+    while i < len(args):
+        a = args[i]
+        key, eq, value = a[2:].partition("=") if a.startswith("--") else ("", "", "")
+        if not eq and i + 1 < len(args):
+            value = args[i + 1]
+        name = key.replace("-", "_")
+        if name in optional and (eq or i + 1 < len(args)) and value.lower() in UNSET_WORDS:
+            unset.add(name)
+            i += 1 if eq else 2
+            continue
+        out.append(a)
+        i += 1
+    return out, unset
+
+
+def _clear_defaults(parser, unset: set[str]) -> None:
+    """Make None the default of every field in ``unset``, also after TrlParser applies the config's
+    values as defaults (so each dataclass is built, and checked, with None)."""
+    if not unset:
+        return
+
+    def clear():
+        for action in parser._actions:
+            if action.dest in unset:
+                action.default = None
+
+    original = parser.set_defaults_with_config
+
+    def set_defaults_with_config(**config):
+        remaining = original(**config)
+        clear()
+        return remaining
+
+    parser.set_defaults_with_config = set_defaults_with_config
+    clear()
+
+
 def parse_args_and_config_strict(parser, argv: Sequence[str] | None = None,
                                  default_config: str | os.PathLike | None = None) -> tuple:
     """``parser.parse_args_and_config`` that fails with a one-line :class:`UserError`.
 
     ``parser`` is a ``trl.TrlParser``. An unknown top-level YAML key names the config file and line;
     an unknown flag, a bad value (argparse) or a value a dataclass rejects (e.g. ``bf16`` without a
-    GPU) gives one line too. Without ``--config``, ``default_config`` is used; flags still override.
+    GPU) gives one line too. Without ``--config``, ``default_config`` is used; flags still override,
+    and ``--KEY none`` (or ``null``) clears an optional key (:func:`split_unset`).
     """
     args = with_default_config(list(sys.argv[1:] if argv is None else argv), default_config)
+    args, unset = split_unset(parser, args)
+    _clear_defaults(parser, unset)
     config_path, config_lines = None, {}
     if "--config" in args:
         i = args.index("--config")
@@ -349,7 +409,7 @@ def parse_args_and_config_strict(parser, argv: Sequence[str] | None = None,
         raise UserError(_one_line(exc), config_path) from None
     if remaining:
         raise UserError(f"unknown option(s): {' '.join(remaining)}")
-    flags = {a.split("=", 1)[0].lstrip("-").replace("-", "_") for a in args if a.startswith("--")}
+    flags = {a.split("=", 1)[0].lstrip("-").replace("-", "_") for a in args if a.startswith("--")} | unset
     for name, problem in value_problems(*parsed):
         if name in flags:
             raise UserError(f"--{name} {problem}")

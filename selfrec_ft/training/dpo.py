@@ -335,6 +335,7 @@ class _Run:
         pairs and settings. Returns the global step, the train metrics, whether it trained now and
         the trainer (None when it did not)."""
         from selfrec_ft.prompts.chat import chat_format
+        from selfrec_ft.prompts.protocol import training_protocol
         from selfrec_ft.training import manifest as mf
         from selfrec_ft.training.hook import hook_from_args
         from selfrec_ft.training.lifecycle import resolve_resume, start_run, train_and_finish
@@ -364,6 +365,7 @@ class _Run:
         manifest = {
             "status": "training", "created": mf.now_iso(), "mode": self.mode,
             "model": self.model_args.model_name_or_path, "sft_adapter": a.sft_adapter, "attribute": self.prop.name,
+            "prompt_preset": a.prompt_preset, "protocol": training_protocol(a.prompt_preset),
             "direction": a.direction, "pairs": matching["n_pairs"],
             "train_article_ids": list(dict.fromkeys(selection.dataset["article_id"])),
             "training_data_sha256": pairs_sha, "fingerprint": fingerprint,

@@ -99,18 +99,51 @@ class SelfRecEvalCallback(TrainerCallback):
 
 def hook_specs(hook_args, data_args) -> list[EvalSpec]:
     """The hook's :class:`EvalSpec` per domain from ``EvalHookArguments``: in-domain skips the run's
-    ``n_articles`` training articles, the out-of-domain corpus is used from its first article. The
-    self source and others are the training run's unless ``hook_others`` says otherwise."""
+    ``n_articles`` training articles, the out-of-domain corpus is used from its first article — unless
+    it is the training corpus file (:func:`shares_training_file`): then its training articles are
+    skipped too, as ``selfrec eval`` does, with a note; nothing left is an error. The self source and
+    others are the training run's unless ``hook_others`` says otherwise."""
+    import sys
+
+    from selfrec_ft.errors import UserError
+
     others = hook_args.hook_others or getattr(data_args, "others", None)
     common = dict(self_source=data_args.self_source, others=others, tasks=hook_args.hook_tasks,
                   limit=hook_args.hook_limit, preset=data_args.prompt_preset,
                   seed=getattr(data_args, "label_seed", 0), n_resamples=HOOK_RESAMPLES)
     specs = []
-    for name, corpus, skip in (("in_domain", hook_args.hook_in_domain, data_args.n_articles),
+    n_train = data_args.n_articles
+    for name, corpus, skip in (("in_domain", hook_args.hook_in_domain, n_train),
                                ("out_of_domain", hook_args.hook_out_of_domain, 0)):
-        if corpus:
-            specs.append(EvalSpec(corpus=corpus, skip_first=skip, domain=name, **common))
+        if not corpus:
+            continue
+        spec = EvalSpec(corpus=corpus, skip_first=skip, domain=name, **common)
+        if shares_training_file(corpus, data_args):
+            n = len(spec.load_corpus().articles)
+            if n <= n_train:
+                raise UserError(f"hook_{name} is the training corpus file and has no article after the {n_train} "
+                                f"training articles ({n} in all); give another corpus or --hook_{name} none", corpus)
+            if skip < n_train:
+                spec = spec.replace(skip_first=n_train)
+                print(f"hook_{name} {corpus} is the training corpus file: its first {n_train} articles (the "
+                      "training articles) are skipped", file=sys.stderr)
+        specs.append(spec)
     return specs
+
+
+def shares_training_file(corpus: str, data_args) -> bool:
+    """Whether the corpus directory ``corpus`` holds the articles file the run trains on (the same
+    file, or one with the same sha256)."""
+    from selfrec_ft.defaults import ARTICLES_FILE
+    from selfrec_ft.training.manifest import sha256_file
+
+    train = getattr(data_args, "corpus", None)
+    if not train or getattr(data_args, "hf_dataset", None):
+        return False
+    mine, theirs = Path(corpus) / ARTICLES_FILE, Path(train) / ARTICLES_FILE
+    if not (mine.is_file() and theirs.is_file()):
+        return False
+    return mine.resolve() == theirs.resolve() or sha256_file(mine) == sha256_file(theirs)
 
 
 def hook_from_args(trainer, hook_args, data_args, max_length: int | None = None) -> SelfRecEvalCallback | None:

@@ -103,13 +103,16 @@ def resumed_step(resume: str | None) -> int:
 
 def start_run(out: Path, manifest: dict[str, Any], args: tuple, state) -> None:
     """Write ``resolved_config.yaml`` (``args`` = the recipe's (data or DPO, training, model, hook)
-    arguments) and the manifest from the main process, after every process got here."""
+    arguments), the run's copy of a preset file (its protocol travels with it) and the manifest from
+    the main process, after every process got here."""
     from selfrec_ft.jsonl import atomic_write_json
+    from selfrec_ft.prompts.protocol import copy_preset_file
     from selfrec_ft.training import manifest as mf
 
     state.wait_for_everyone()
     if state.is_main_process:
         mf.write_resolved_config(out, *args)
+        copy_preset_file(out, manifest)
         atomic_write_json(out / mf.MANIFEST_FILE, manifest)
 
 

@@ -350,6 +350,7 @@ def prepare_sft(data_args, training_args, model_args, callbacks=(), hook_args=No
 
 def build_manifest(setup: SFTSetup, data_args, training_args, model_args, resumed_from: str | None,
                    num_processes: int) -> dict[str, Any]:
+    from selfrec_ft.prompts.protocol import training_protocol
     from selfrec_ft.training import manifest as mf
 
     ds, stats, seq = setup.dataset, setup.stats, setup.sequences
@@ -364,6 +365,7 @@ def build_manifest(setup: SFTSetup, data_args, training_args, model_args, resume
         "flip_fraction": data_args.flip_fraction,
         "question": data_args.question,
         "prompt_preset": data_args.prompt_preset,
+        "protocol": training_protocol(data_args.prompt_preset, _template_name(data_args)),
         "rows": stats.rows,
         "articles": stats.articles,
         "train_article_ids": list(dict.fromkeys(ds["article_id"])),
