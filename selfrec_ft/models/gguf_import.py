@@ -31,6 +31,11 @@ from selfrec_ft.errors import UserError
 PROVENANCE = "gguf_import.json"
 GGUF_MAGIC = b"GGUF"
 OUT_DTYPES = ("float32", "bfloat16", "float16")
+NOT_ARCHITECTURES = {"general", "tokenizer"}
+"""Keys of transformers' GGUF config mapping that are no architecture."""
+GGUF_RENAMES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss", "minimax-m2": "minimax_m2",
+                "t5encoder": "t5"}
+"""llama.cpp architecture names transformers reads under another name (``load_gguf_checkpoint``)."""
 
 
 @dataclass(frozen=True)
@@ -105,9 +110,10 @@ def gguf_architecture(path: str | os.PathLike) -> str:
         raise UserError("the GGUF file names no general.architecture", path)
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
-    if arch not in GGUF_SUPPORTED_ARCHITECTURES:
+    readable = set(GGUF_SUPPORTED_ARCHITECTURES) - NOT_ARCHITECTURES
+    if GGUF_RENAMES.get(arch, arch) not in readable:
         raise UserError(f"transformers cannot read GGUF architecture {arch!r} (it reads: "
-                        f"{', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))})", path)
+                        f"{', '.join(sorted(readable))})", path)
     return arch
 
 
