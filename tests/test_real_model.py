@@ -119,10 +119,10 @@ def test_two_lora_steps_of_the_main_job(smollm2_dir, short_corpus_dir, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     man = json.loads((out / "training_manifest.json").read_text())
-    assert man["status"] == "done" and man["global_step"] == 2 and man["rows"] == 2  # one row per article
+    assert man["status"] == "done" and man["global_step"] == 2 and man["rows"] == 4
+    assert man["share_prefix"]["rows"] == 2  # one row per article: both orders share the prompt
     assert man["chat_template"]["system_role"] == "native"
-    assert {a: p[-2:] for a, p in man["completion_tokens"].items()} == {"1": ["<|im_end|>", "Ċ"],
-                                                                        "2": ["<|im_end|>", "Ċ"]}
+    assert man["completion_tokens"] == {"1": ["1", "<|im_end|>", "Ċ"], "2": ["2", "<|im_end|>", "Ċ"]}
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(smollm2_dir)
     assert (out / "adapter_model.safetensors").is_file()
