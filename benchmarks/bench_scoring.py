@@ -170,36 +170,23 @@ def max_logprob_diff(rows, ref) -> float:
                if a[o] > 0 and b[o] > 0)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", metavar="OUT", help="also write the result JSON here")
-    parser.add_argument("--articles", type=int, default=3, help="articles timed against the loops (default 3)")
-    parser.add_argument("--model", metavar="DIR", help="model directory (default: build the `small` model)")
-    parser.add_argument("--data", metavar="DIR", help="an XSUM corpus directory (default: found beside the repo)")
-    parser.add_argument("--batch-size", type=int, default=16, help="engine and plain batch size (default 16)")
-    parser.add_argument("--max-length", type=int, default=2048, help="prompt length cap (articles are cut)")
-    parser.add_argument("--threads", type=int, default=benchlib.DEFAULT_THREADS, help=benchlib.THREADS_HELP)
-    parser.add_argument("--rounds", type=int, default=2, help="rotated rounds of the three methods (default 2)")
-    parser.add_argument("--scaling", default="3,6,12", help="article counts of the scaling row ('' to skip)")
-    args = parser.parse_args(argv)
+def dtype_comparison(rows32, rows16, res32: dict, res16: dict) -> dict:
+    """bf16 against float32 on the same prompts (engine outputs): the largest |Δp| of an option
+    probability, how often a prompt's argmax option flips, and bf16's speed-ups per method."""
+    flips = sum(max(a, key=a.get) != max(b, key=b.get) for a, b in zip(rows32, rows16, strict=True))
+    return {"prompts": len(rows32), "max_abs_diff_prob": max_diff(rows16, rows32),
+            "argmax_flips": flips, "argmax_flip_rate": round(flips / len(rows32), 4),
+            "bf16_speedup": {m: round(res32[f"{m}_s"] / res16[f"{m}_s"], 2) for m in ("p1_loop", "batched", "engine")}}
 
-    import json
 
-    threads = benchlib.set_threads(args.threads)
-    start = benchlib.machine()
-
-    from selfrec_ft.jsonl import atomic_write_json
-    from selfrec_ft.models.loading import load_model
-    from selfrec_ft.models.tiny import make_tiny_model
+def measure(args, model_dir, dtype: str, corpus, self_source: str, scaling: list[int]) -> tuple[dict, list]:
+    """The three methods timed side by side with weights in ``dtype``: (result, engine outputs)."""
+    from selfrec_ft.models.loading import load_model, resolve_dtype
     from selfrec_ft.scoring.engine import pad_id
     from selfrec_ft.scoring.scorer import Scorer
     from selfrec_ft.scoring.spec import EvalSpec
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = args.model or make_tiny_model(os.path.join(tmp, "small"), seed=0, size="small")
-        model, tokenizer = load_model(model_dir, dtype="float32", device="cpu")
-    scaling = [int(x) for x in args.scaling.split(",") if x.strip()]
-    corpus, self_source, data = load_data(args.data, max([args.articles, *scaling]))
+    model, tokenizer = load_model(model_dir, dtype=dtype, device="cpu")
     scorer = Scorer(model, tokenizer, batch_size=args.batch_size, max_length=args.max_length)
     spec = EvalSpec(corpus=corpus, self_source=self_source, tasks=TASKS)
 
@@ -235,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     wall, cpu = clock.wall, clock.cpu
     token_ratio = work["p1_tokens"] / work["engine_tokens"]
     speedup = wall["p1_loop"] / wall["engine"]
-    sgemm = benchlib.sgemm_gflops(model.config, rows=2048)
+    sgemm = benchlib.sgemm_gflops(model.config, rows=2048, dtype=resolve_dtype(dtype))
 
     def gflops(flops_per_round: int, seconds: float) -> float:
         return flops_per_round * args.rounds / seconds / 1e9
@@ -286,21 +273,62 @@ def main(argv: list[str] | None = None) -> int:
         "engine_tokens_total": work["engine_tokens"],
         "engine_rows": work["engine_rows"],
         "scaling": scaling_rows,
-        "data": data,
         "prompt_tokens_mean": round(sum(lengths) / len(lengths), 1),
         "prompt_tokens_max": max(lengths),
         "shortened_prompts": shortened,
         "batch_size": args.batch_size,
-        "dtype": "float32",
-        "threads": threads,
-        "machine": start,
+        "dtype": dtype,
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "targets": TARGETS,
     }
+    return result, outputs["engine"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", metavar="OUT", help="also write the result JSON here")
+    parser.add_argument("--articles", type=int, default=3, help="articles timed against the loops (default 3)")
+    parser.add_argument("--model", metavar="DIR", help="model directory (default: build the `small` model)")
+    parser.add_argument("--data", metavar="DIR", help="an XSUM corpus directory (default: found beside the repo)")
+    parser.add_argument("--batch-size", type=int, default=16, help="engine and plain batch size (default 16)")
+    parser.add_argument("--max-length", type=int, default=2048, help="prompt length cap (articles are cut)")
+    parser.add_argument("--threads", type=int, default=benchlib.DEFAULT_THREADS, help=benchlib.THREADS_HELP)
+    parser.add_argument("--rounds", type=int, default=2, help="rotated rounds of the three methods (default 2)")
+    parser.add_argument("--scaling", default="3,6,12", help="article counts of the scaling row ('' to skip)")
+    parser.add_argument("--dtypes", default="float32",
+                        help="weight dtypes measured one after another in this run (e.g. float32,bfloat16: adds "
+                        "bf16_vs_float32, the |Δp| between them, argmax flips and bf16's speed-ups)")
+    args = parser.parse_args(argv)
+
+    import json
+
+    threads = benchlib.set_threads(args.threads)
+    start = benchlib.machine()
+
+    from selfrec_ft.jsonl import atomic_write_json
+    from selfrec_ft.models.tiny import make_tiny_model
+
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    scaling = [int(x) for x in args.scaling.split(",") if x.strip()]
+    corpus, self_source, data = load_data(args.data, max([args.articles, *scaling]))
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model or make_tiny_model(os.path.join(tmp, "small"), seed=0, size="small")
+        runs = {dtype: measure(args, model_dir, dtype, corpus, self_source, scaling) for dtype in dtypes}
+    if len(runs) == 1:
+        (result, _), = runs.values()
+        result.update(data=data, model=args.model or "small", threads=threads, machine=start)
+    else:
+        result = {"model": args.model or "small", "data": data, "threads": threads, "machine": start,
+                  "dtypes": {d: res for d, (res, _) in runs.items()}}
+        if {"float32", "bfloat16"} <= set(runs):
+            result["bf16_vs_float32"] = dtype_comparison(runs["float32"][1], runs["bfloat16"][1],
+                                                         runs["float32"][0], runs["bfloat16"][0])
+        result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result, indent=2))
     if args.json:
         atomic_write_json(args.json, result)
-    return 0 if result["max_abs_diff"] <= TARGETS["max_abs_diff"] else 1
+    exact = [res["max_abs_diff"] for res, _ in runs.values() if res["dtype"] == "float32"]
+    return 0 if all(d <= TARGETS["max_abs_diff"] for d in exact) else 1
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ class RecipeRunner:
     from the start of the first step to the end of the last."""
 
     def __init__(self, model_dir: str, data: tuple, n_articles: int, out: Path, max_length: int,
-                 share_prefix: bool):
+                 share_prefix: bool, dtype: str = "float32"):
         import torch
         from transformers import TrainerCallback
         from trl import ModelConfig, SFTConfig
@@ -118,13 +118,14 @@ class RecipeRunner:
         rows_per_step = max(1, BATCH // group) if share_prefix else BATCH
         data_args = SelfRecDataArguments(corpus=corpus, self_source=self_source, others=others,
                                          n_articles=n_articles, share_prefix=share_prefix)
-        training_args = SFTConfig(output_dir=str(out), use_cpu=not cuda, bf16=False, activation_checkpointing=False,
+        bf16 = dtype == "bfloat16"  # bf16 weights train under bf16 autocast (kept on CPU too: lifecycle.cpu_precision)
+        training_args = SFTConfig(output_dir=str(out), use_cpu=not cuda, bf16=bf16, activation_checkpointing=False,
                                   max_length=max_length, per_device_train_batch_size=rows_per_step,
                                   num_train_epochs=1, learning_rate=1e-4, lr_scheduler_type="constant",
                                   save_strategy="no", logging_steps=10_000, report_to="none", disable_tqdm=True,
                                   seed=0, train_sampling_strategy="random" if share_prefix else "group_by_length")
         model_args = ModelConfig(model_name_or_path=model_dir, use_peft=True, lora_r=16, lora_alpha=32,
-                                 lora_dropout=0.0, lora_target_modules="all-linear", dtype="float32")
+                                 lora_dropout=0.0, lora_target_modules="all-linear", dtype=dtype)
         self.setup = prepare_sft(data_args, training_args, model_args, callbacks=[self.clock])
         self.examples = len(self.setup.dataset)  # one epoch: every example once
         lengths = self.setup.sequences.lengths
@@ -194,6 +195,88 @@ class P1Loop:
         return len(times) - 1, times[-1] - times[0], time.process_time() - c0
 
 
+def measure(args, model_dir: str, data: tuple, dtype: str, names: tuple, scaling: list[int], tmp: Path) -> dict:
+    """The methods ``names`` trained side by side (rotated rounds) with weights in ``dtype``."""
+    import torch
+    from transformers import AutoConfig
+
+    wall = {name: 0.0 for name in names}
+    cpu = {name: 0.0 for name in names}
+    counted = {name: 0 for name in names}
+    n_articles = args.examples // BATCH  # 8 examples (2 orders x 4 others) per article
+    runners = {"recipe": RecipeRunner(model_dir, data, n_articles, tmp / "out", args.max_length, True, dtype)}
+    if "p1" in names:
+        runners["p1"] = P1Loop(model_dir, data, n_articles, args.max_length)
+    if "recipe_unshared" in names:
+        runners["recipe_unshared"] = RecipeRunner(model_dir, data, n_articles, tmp / "out_unshared",
+                                                  args.max_length, False, dtype)
+    config = AutoConfig.from_pretrained(model_dir)
+    for r in range(args.rounds):  # rotate the order so that other jobs on the machine slow all alike
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            n, sec, csec = runners[name].run()
+            counted[name] += n
+            wall[name] += sec
+            cpu[name] += csec
+    flops = {name: runners[name].flops(config) * args.rounds for name in names}
+    tokens = {name: runners[name].tokens for name in names}
+    info = runners["recipe"].info
+    info_unshared = runners["recipe_unshared"].info if "recipe_unshared" in runners else None
+    del runners
+    scaling_rows = []
+    for n in scaling:
+        runner = RecipeRunner(model_dir, data, n, tmp / f"scale{n}", args.max_length, True, dtype)
+        ex, sec, csec = runner.run()
+        scaling_rows.append({"articles": n, "examples": ex, "unique_tokens": runner.tokens,
+                             "recipe_s": round(sec, 3), "recipe_cpu_s": round(csec, 3),
+                             "us_per_unique_token": round(1e6 * sec / runner.tokens, 1),
+                             "cpu_us_per_unique_token": round(1e6 * csec / runner.tokens, 1)})
+        del runner
+    sgemm = benchlib.sgemm_gflops(config, rows=2048, dtype=getattr(torch, dtype))
+    rate = {name: counted[name] / wall[name] for name in names}
+    crate = {name: counted[name] / cpu[name] for name in names}
+    unshared = "recipe_unshared" in names
+    p1 = "p1" in names
+    token_ratio = tokens["p1"] / tokens["recipe"] if p1 else None
+    speedup = rate["recipe"] / rate["p1"] if p1 else None
+
+    def ratio(a, b, digits=2):
+        return round(a / b, digits) if a is not None and b else None
+
+    result = {
+        "dtype": dtype,
+        "examples": info["examples"],
+        "rounds": args.rounds,
+        "measured_examples": {name: counted[name] for name in names},
+        "recipe_examples_per_s": round(rate["recipe"], 3),
+        "recipe_unshared_examples_per_s": round(rate["recipe_unshared"], 3) if unshared else None,
+        "p1_loop_examples_per_s": round(rate["p1"], 3) if p1 else None,
+        "speedup": round(speedup, 2) if p1 else None,
+        "speedup_unshared": ratio(rate.get("recipe_unshared"), rate.get("p1")),
+        "speedup_vs_unshared": ratio(rate["recipe"], rate.get("recipe_unshared")),
+        "token_ratio": round(token_ratio, 3) if p1 else None,
+        "token_ratio_vs_unshared": ratio(tokens.get("recipe_unshared"), tokens["recipe"], 3),
+        "ceiling_fraction": ratio(speedup, token_ratio, 3),
+        "flop_ratio": ratio(flops.get("p1"), flops["recipe"], 3),
+        "tokens": {name: tokens[name] for name in names},
+        "sgemm_gflops": round(sgemm["wall"], 1),
+        "gflops": {name: round(flops[name] / wall[name] / 1e9, 1) for name in names},
+        "cpu": {"speedup": ratio(crate["recipe"], crate.get("p1")),
+                "speedup_unshared": ratio(crate.get("recipe_unshared"), crate.get("p1")),
+                "speedup_vs_unshared": ratio(crate["recipe"], crate.get("recipe_unshared")),
+                "ceiling_fraction": ratio(ratio(crate["recipe"], crate.get("p1"), 6), token_ratio, 3),
+                "seconds": {name: round(cpu[name], 3) for name in names},
+                "sgemm_gflops": round(sgemm["cpu"], 1),
+                "gflops": {name: round(flops[name] / cpu[name] / 1e9, 1) for name in names}},
+        "scaling": scaling_rows,
+        "recipe": {"lora": "r16 all-linear", "activation_checkpointing": False, **info},
+        "recipe_unshared": {"sampler": "group_by_length", **info_unshared} if unshared else None,
+        "p1_loop": {"batch": 1, "params": "all", "optimizer": "torch AdamW", "loss": "last token",
+                    "dtype": "float32"} if p1 else None,
+        "targets": TARGETS,
+    }
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=24, help="training examples per method (multiple of 8)")
@@ -205,6 +288,11 @@ def main(argv=None) -> int:
     parser.add_argument("--scaling", default="3,6,12", help="article counts of the scaling row ('' to skip)")
     parser.add_argument("--no-unshared", action="store_true",
                         help="skip recipe_unshared (the slowest method; its figures are then absent)")
+    parser.add_argument("--no-p1", action="store_true",
+                        help="skip the P1 loop (all parameters, AdamW: minutes a step on a real model's CPU run)")
+    parser.add_argument("--dtypes", default="float32",
+                        help="weight dtypes of the recipe runs, one after another (e.g. float32,bfloat16: adds "
+                        "bf16_speedup; the P1 loop stays float32)")
     parser.add_argument("--json", metavar="OUT", help="also write the result to OUT")
     args = parser.parse_args(argv)
     if args.examples < BATCH or args.examples % BATCH:
@@ -216,81 +304,25 @@ def main(argv=None) -> int:
 
     from selfrec_ft.models.tiny import make_tiny_model
 
-    names = ("recipe", "p1") if args.no_unshared else ("recipe", "recipe_unshared", "p1")
-    wall = {name: 0.0 for name in names}
-    cpu = {name: 0.0 for name in names}
-    counted = {name: 0 for name in names}
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    names = ("recipe",) + (() if args.no_unshared else ("recipe_unshared",)) + (() if args.no_p1 else ("p1",))
     scaling = [int(x) for x in args.scaling.split(",") if x.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model_dir or str(make_tiny_model(Path(tmp) / "small", seed=0, size="small"))
         data = _corpus_args(Path(tmp), max([args.examples // BATCH, *scaling]), args.data)
-        n_articles = args.examples // BATCH  # 8 examples (2 orders x 4 others) per article
-        runners = {"recipe": RecipeRunner(model_dir, data, n_articles, Path(tmp) / "out", args.max_length, True),
-                   "p1": P1Loop(model_dir, data, n_articles, args.max_length)}
-        if "recipe_unshared" in names:
-            runners["recipe_unshared"] = RecipeRunner(model_dir, data, n_articles, Path(tmp) / "out_unshared",
-                                                      args.max_length, False)
-        config = runners["p1"].model.config
-        for r in range(args.rounds):  # rotate the order so that other jobs on the machine slow all alike
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                n, sec, csec = runners[name].run()
-                counted[name] += n
-                wall[name] += sec
-                cpu[name] += csec
-        flops = {name: runners[name].flops(config) * args.rounds for name in names}
-        tokens = {name: runners[name].tokens for name in names}
-        info = runners["recipe"].info
-        info_unshared = runners["recipe_unshared"].info if "recipe_unshared" in runners else None
-        del runners
-        scaling_rows = []
-        for n in scaling:
-            runner = RecipeRunner(model_dir, data, n, Path(tmp) / f"scale{n}", args.max_length, True)
-            ex, sec, csec = runner.run()
-            scaling_rows.append({"articles": n, "examples": ex, "unique_tokens": runner.tokens,
-                                 "recipe_s": round(sec, 3), "recipe_cpu_s": round(csec, 3),
-                                 "us_per_unique_token": round(1e6 * sec / runner.tokens, 1),
-                                 "cpu_us_per_unique_token": round(1e6 * csec / runner.tokens, 1)})
-            del runner
-    sgemm = benchlib.sgemm_gflops(config, rows=2048)
-    rate = {name: counted[name] / wall[name] for name in names}
-    crate = {name: counted[name] / cpu[name] for name in names}
-    token_ratio = tokens["p1"] / tokens["recipe"]
-    speedup = rate["recipe"] / rate["p1"]
-    unshared = "recipe_unshared" in names
-    result = {
-        "examples": info["examples"],
-        "rounds": args.rounds,
-        "measured_examples": {name: counted[name] for name in names},
-        "recipe_examples_per_s": round(rate["recipe"], 3),
-        "recipe_unshared_examples_per_s": round(rate["recipe_unshared"], 3) if unshared else None,
-        "p1_loop_examples_per_s": round(rate["p1"], 3),
-        "speedup": round(speedup, 2),
-        "speedup_unshared": round(rate["recipe_unshared"] / rate["p1"], 2) if unshared else None,
-        "speedup_vs_unshared": round(rate["recipe"] / rate["recipe_unshared"], 2) if unshared else None,
-        "token_ratio": round(token_ratio, 3),
-        "ceiling_fraction": round(speedup / token_ratio, 3),
-        "flop_ratio": round(flops["p1"] / flops["recipe"], 3),
-        "tokens": {name: tokens[name] for name in names},
-        "sgemm_gflops": round(sgemm["wall"], 1),
-        "gflops": {name: round(flops[name] / wall[name] / 1e9, 1) for name in names},
-        "cpu": {"speedup": round(crate["recipe"] / crate["p1"], 2),
-                "speedup_unshared": round(crate["recipe_unshared"] / crate["p1"], 2) if unshared else None,
-                "ceiling_fraction": round(crate["recipe"] / crate["p1"] / token_ratio, 3),
-                "seconds": {name: round(cpu[name], 3) for name in names},
-                "sgemm_gflops": round(sgemm["cpu"], 1),
-                "gflops": {name: round(flops[name] / cpu[name] / 1e9, 1) for name in names}},
-        "scaling": scaling_rows,
-        "data": data[3],
-        "model": "small",
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "threads": threads,
-        "machine": start,
-        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-        "recipe": {"lora": "r16 all-linear", "activation_checkpointing": False, **info},
-        "recipe_unshared": {"sampler": "group_by_length", **info_unshared} if unshared else None,
-        "p1_loop": {"batch": 1, "params": "all", "optimizer": "torch AdamW", "loss": "last token"},
-        "targets": TARGETS,
-    }
+        runs = {dtype: measure(args, model_dir, data, dtype, names, scaling, Path(tmp) / dtype) for dtype in dtypes}
+    common = {"data": data[3], "model": args.model_dir or "small", "device": "cuda" if torch.cuda.is_available() else "cpu",
+              "threads": threads, "machine": start, "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
+    if len(runs) == 1:
+        (result,) = runs.values()
+        result.update(common)
+    else:
+        result = {**common, "dtypes": runs}
+        if {"float32", "bfloat16"} <= set(runs):
+            result["bf16_speedup"] = {f"{n}_examples_per_s": round(runs["bfloat16"][f"{n}_examples_per_s"]
+                                                                   / runs["float32"][f"{n}_examples_per_s"], 2)
+                                      for n in ("recipe", "recipe_unshared", "p1_loop")
+                                      if runs["float32"].get(f"{n}_examples_per_s")}
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

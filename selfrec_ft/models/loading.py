@@ -96,6 +96,9 @@ def _check_local_dir(p: Path, path) -> None:
     if not p.exists():
         raise UserError("model path not found", path)
     if not p.is_dir():
+        if p.suffix.lower() == ".gguf":
+            raise UserError(f"a GGUF file, not a model directory: convert it once with selfrec model import-gguf "
+                            f"{path} --out DIR, then pass DIR", path)
         raise UserError("not a model directory (a file; expected a directory with config.json, "
                         "model.safetensors and the tokenizer)", path)
     if not any(p.iterdir()):
