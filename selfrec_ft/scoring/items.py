@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from selfrec_ft.data.corpus import Corpus
-from selfrec_ft.defaults import FAMILIARITY, GENERATION_TEMPLATES, TASKS  # noqa: E402,F401
+from selfrec_ft.defaults import FAMILIARITY, GENERATION_TEMPLATES, TASKS, WORSE_QUESTION_TASK  # noqa: E402,F401
 from selfrec_ft.errors import UserError
 from selfrec_ft.prompts.chat import chat_format
 from selfrec_ft.prompts.templates import (
@@ -113,6 +113,22 @@ def resolve_templates(preset: str, tasks: Sequence[str], templates: Mapping[str,
             raise UserError(f"template {tmpl.name!r} has no options to score", p.source)
         out[task] = tmpl
     return out
+
+
+def worse_template(preset: str) -> TaskTemplate:
+    """The preset's "which summary is worse?" template (named :data:`WORSE_QUESTION_TASK`, inverted,
+    measuring pairwise-preference): the question-following control's second question."""
+    p = load_preset(preset)
+    try:
+        tmpl = p.task(WORSE_QUESTION_TASK)
+    except UserError:
+        raise UserError(f"preset {p.name!r} has no {WORSE_QUESTION_TASK!r} template (the \"which summary is "
+                        "worse?\" question); add one or turn the question off (--no-worse-question, "
+                        "hook_worse_question: false)", p.source) from None
+    if tmpl.measures != "pairwise-preference" or not tmpl.inverted or not tmpl.options:
+        raise UserError(f"template {WORSE_QUESTION_TASK!r} must measure pairwise-preference, be inverted "
+                        "(inverted: true) and have options", p.source)
+    return tmpl
 
 
 def _pairwise_values(tmpl: TaskTemplate, article: str, s1: str, s2: str, src1: str, src2: str) -> dict[str, str]:
@@ -297,6 +313,8 @@ def build_items(corpus: Corpus, tokenizer, spec: EvalSpec, article_ids: Sequence
         if not corpus.has_article(aid):
             raise UserError(f"unknown article id {aid!r}", corpus.path)
     tmpls = resolve_templates(preset, tasks, templates)
+    if spec.worse_question and "pairwise-preference" in tmpls and not tmpls["pairwise-preference"].inverted:
+        tmpls[WORSE_QUESTION_TASK] = worse_template(preset)
     gen_tmpl = None
     if familiarity:
         if domain not in GENERATION_TEMPLATES:
@@ -322,7 +340,7 @@ def build_items(corpus: Corpus, tokenizer, spec: EvalSpec, article_ids: Sequence
         for task, tmpl in tmpls.items():
             group = (tmpl.name, aid)
             jobs = []  # (meta, values) of this group's prompts
-            if task in PAIRWISE_TASKS:
+            if task in PAIRWISE_TASKS or task == WORSE_QUESTION_TASK:
                 for other in others:
                     theirs = corpus.summary(aid, other)
                     if own is None or theirs is None:

@@ -61,6 +61,7 @@ class EvalSpec:
     domain: str | None = None
     seed: int = 0
     n_resamples: int = 2000
+    worse_question: bool = False  # also ask the preference pairs "which is worse?" (WORSE_QUESTION_TASK rows)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
