@@ -93,7 +93,7 @@ def following_share(better: float | None, gap: float | None) -> float | None:
 
 def question_following_verdict(block: Mapping[str, Any]) -> tuple[str, bool]:
     """``(sentence, answer_copying)`` for a question-following block. Answer-copying: the judge picks
-    its own summary above chance under "better" and either the gap's interval includes 0 or its upper
+    its own summary above chance under "better" (its interval above 0.5) and either the gap's interval includes 0 or its upper
     end is below half the gap a question-following judge would show (2·better − 1): less than half of
     the self-preference follows the question."""
     better, worse, gap = block["better"]["mean"], block["worse"]["mean"], block["gap"]
@@ -102,7 +102,8 @@ def question_following_verdict(block: Mapping[str, Any]) -> tuple[str, bool]:
             f"gap {md.estimate(gap)}")
     if ci is None:
         return f"question-following cannot be judged ({gap.get('ci_note', 'no interval')}): {nums}.", False
-    prefers = better is not None and better > 0.5
+    better_ci = block["better"].get("ci95")
+    prefers = better_ci is not None and better_ci[0] > 0.5  # self-preference shown under "better"
     if ci[0] <= 0 <= ci[1]:
         if prefers:
             return (f"the judge picks its own summary whatever it is asked ({nums}, interval includes 0): "
@@ -116,6 +117,14 @@ def question_following_verdict(block: Mapping[str, Any]) -> tuple[str, bool]:
         return (f"the self-preference is mostly answer-copying ({nums}): less than half of it follows the "
                 f"question (share {md.num(following_share(better, gap['mean']))}).", True)
     return f"the self-preference follows the question ({nums}, interval above 0).", False
+
+
+def gap_values(rows: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[tuple]]:
+    """Per-pair better − worse differences and their article clusters ``(domain, article)`` (the pairs
+    scored under both questions), e.g. as a sweep series."""
+    better, worse = preference_scores(rows), preference_scores(rows, worse=True)
+    pairs = [(s, s["score"] - (1.0 - worse[k]["score"])) for k, s in better.items() if k in worse]
+    return [g for _, g in pairs], [_cluster(s) for s, _ in pairs]
 
 
 def question_following(rows: Sequence[Mapping[str, Any]], seed: int = 0, n_resamples: int = 2000
@@ -207,6 +216,10 @@ def add_preference_controls(report: dict[str, Any], rows: Sequence[Mapping[str, 
         if qa is not None:
             report["quality_preference"] = qa
             report.setdefault("notes", []).append("quality-aware preference: " + quality_verdict(qa))
+        elif preference_scores(rows):
+            report.setdefault("notes", []).append(
+                f"quality-aware preference: no preference pair has a quality for both summaries ({quality.description}; "
+                "pairs with the reference source itself are left out).")
     for dom, sub in (report.get("by_domain") or {}).items():
         dom_rows = [r for r in rows if (r.get("domain") is None and dom == "(none)") or str(r.get("domain")) == dom]
         sub_qf = question_following(dom_rows, seed, n_resamples)
@@ -232,7 +245,7 @@ def render_controls(report: Mapping[str, Any], h: str) -> list[str]:
                  str(qf["gap"]["n"])]]
         body += [[src, md.estimate(b["better"]), md.estimate(b["worse"]), md.estimate(b["gap"]), str(b["gap"]["n"])]
                  for src, b in qf["by_source"].items()]
-        lines += md.table(["other source", "self picked | better", "self picked | worse", "gap", "n"], body)
+        lines += md.table(["other source", "self picked (better)", "self picked (worse)", "gap", "n"], body)
         lines += ["", f"**Verdict:** {qf['verdict']}", ""]
     qa = report.get("quality_preference")
     if qa:

@@ -127,7 +127,7 @@ def evaluate(scorer: Scorer, spec: EvalSpec, out_dir: str | os.PathLike, *, prog
         "self_source": spec.self_source, "preset": spec.preset, "templates": spec.template_map,
         "max_length": scorer.max_length, "dtype": scorer.dtype, "domain": spec.domain, "skip_first": spec.skip_first,
     }
-    if spec.worse_question:
+    if spec.worse_question and "pairwise-preference" in spec.tasks:  # recorded only where it adds rows
         settings["worse_question"] = True
     record_settings(out / CONFIG_FILE, settings, held="this directory holds an evaluation",
                     hint="use another --out (or delete the directory) to start a new one")
