@@ -281,3 +281,38 @@ def test_sweep_analysis_relates_recognition_to_the_question_following_preference
     text = (tmp_path / "report.md").read_text()
     assert "question-following preference (better − worse gap): Not supported" in text
     assert "better − worse gap [95% CI]" in text
+
+
+def test_hook_summary_training_report_and_checkpoint_table_show_the_gap(tmp_path):
+    """The hook's summary of an answer-copying judge carries the gap and the verdict; the training
+    report adds a gap column and says "answer-copying" for the final model; the eval-checkpoints table
+    marks it ‡; hook_worse_question switches the question off."""
+    from types import SimpleNamespace
+
+    from selfrec_ft.defaults import HOOK_FILE
+    from selfrec_ft.sweep.checkpoints import render_table_markdown
+    from selfrec_ft.training.args import EvalHookArguments
+    from selfrec_ft.training.hook import hook_specs, summarise
+    from selfrec_ft.training.report import write_training_report
+
+    rows = judge_rows(12, 0.9, 0.9)
+    summary = summarise(add_preference_controls(compute_report(rows, n_resamples=300), rows, n_resamples=300))
+    qf = summary["question_following"]
+    assert qf["answer_copying"] is True and qf["mean"] == pytest.approx(qf["better"] - qf["worse"])
+    base = summarise(add_preference_controls(compute_report(judge_rows(12, 0.5, 0.5, noise=0.0)),
+                                             judge_rows(12, 0.5, 0.5, noise=0.0)))
+    records = [{"step": 0, "event": "start", "in_domain": base}, {"step": 8, "event": "end", "in_domain": summary}]
+    (tmp_path / HOOK_FILE).write_text("".join(json.dumps(x) + "\n" for x in records))
+    write_training_report(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "better − worse gap" in md and "final, in-domain: **answer-copying**" in md
+
+    table = render_table_markdown([{"run": "r", "checkpoint": "final", "step": 8, "domain": "in_domain",
+                                    "recognition": None, "preference": summary["preference"],
+                                    "question_following": qf}])
+    assert "better − worse gap [95% CI]" in table and " ‡ |" in table
+
+    data = SimpleNamespace(self_source="me", others=["b"], prompt_preset="compact", n_articles=2, label_seed=0)
+    on = EvalHookArguments(hook_in_domain="corpus")
+    off = EvalHookArguments(hook_in_domain="corpus", hook_worse_question=False)
+    assert hook_specs(on, data)[0].worse_question is True and hook_specs(off, data)[0].worse_question is False

@@ -36,7 +36,7 @@ HOOK_RESAMPLES = 1000
 
 def summarise(report: dict[str, Any]) -> dict[str, Any]:
     """``{"recognition": {mean, ci95, n, accuracy, invalid, position_biased}, "preference": {...},
-    "question_following": {mean, ci95, n, n_articles, better, worse, answer_copying}}`` (the last with
+    "question_following": {mean, ci95, n, n_articles, better, worse, answer_copying, verdict}}`` (the last with
     worse-question rows: mean = the better − worse gap)."""
     out = {}
     for key in ("recognition", "preference"):
@@ -46,7 +46,7 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
     qf = report.get("question_following")
     if qf:  # the gap better - worse (its mean is what is logged), with both questions' self-picked rates
         out["question_following"] = {**qf["gap"], "better": qf["better"]["mean"], "worse": qf["worse"]["mean"],
-                                     "answer_copying": qf["answer_copying"]}
+                                     "answer_copying": qf["answer_copying"], "verdict": qf["verdict"]}
     return out
 
 

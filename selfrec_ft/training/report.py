@@ -87,7 +87,19 @@ def render_training_markdown(report: dict[str, Any]) -> str:
     lines += md.table(["stage", "step", "domain", "recognition", "preference", "n pairs"] + (GAP_HEADER if gap else []),
                       stage_rows(report))
     lines += ["", GAP_NOTE] if gap else []
+    lines += final_verdicts(report)
     return "\n".join(lines) + "\n"
+
+
+def final_verdicts(report: dict[str, Any]) -> list[str]:
+    """The question-following verdict of the final evaluation per domain (answer-copying said plainly)."""
+    out = []
+    for d in DOMAINS:
+        qf = (report["final"].get(d) or {}).get("question_following") or {}
+        if qf.get("verdict"):
+            out.append(f"* final, {d.replace('_', '-')}: {'**answer-copying** — ' if qf.get('answer_copying') else ''}"
+                       f"{qf['verdict']}")
+    return ["", "Question-following of the final model:", "", *out] if out else []
 
 
 def render_training_console(report: dict[str, Any], output_dir: str | Path) -> str:
