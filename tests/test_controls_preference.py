@@ -296,7 +296,10 @@ def test_hook_summary_training_report_and_checkpoint_table_show_the_gap(tmp_path
     from selfrec_ft.training.report import write_training_report
 
     rows = judge_rows(12, 0.9, 0.9)
-    summary = summarise(add_preference_controls(compute_report(rows, n_resamples=300), rows, n_resamples=300))
+    quality = QualityReference({(f"a{a}", s): float(s == "me") for a in range(12) for s in ("me", *OTHERS)}, "q")
+    summary = summarise(add_preference_controls(compute_report(rows, n_resamples=300), rows, n_resamples=300,
+                                                quality=quality))
+    assert summary["quality_preference"]["justified"]["n"] == 24 and summary["quality_preference"]["harmful"]["n"] == 0
     qf = summary["question_following"]
     assert qf["answer_copying"] is True and qf["mean"] == pytest.approx(qf["better"] - qf["worse"])
     base = summarise(add_preference_controls(compute_report(judge_rows(12, 0.5, 0.5, noise=0.0)),
@@ -306,6 +309,7 @@ def test_hook_summary_training_report_and_checkpoint_table_show_the_gap(tmp_path
     write_training_report(tmp_path)
     md = (tmp_path / "report.md").read_text()
     assert "better − worse gap" in md and "final, in-domain: **answer-copying**" in md
+    assert "Quality-aware self-preference (q)" in md and "| final | in-domain |" in md
 
     table = render_table_markdown([{"run": "r", "checkpoint": "final", "step": 8, "domain": "in_domain",
                                     "recognition": None, "preference": summary["preference"],

@@ -160,14 +160,14 @@ def _write_report(out: Path, scorer: Scorer, spec: EvalSpec, items: ScoringItems
                   quality=None) -> tuple[dict[str, Any], str]:
     from selfrec_ft.scoring.controls_preference import add_preference_controls
     from selfrec_ft.scoring.metrics import compute_report
-    from selfrec_ft.scoring.quality import DEFAULT_REFERENCE_SOURCE, rouge_quality
+    from selfrec_ft.scoring.quality import default_quality
     from selfrec_ft.scoring.report import render_markdown
 
     examples = out / EXAMPLES_FILE
     rows = read_jsonl_rows(examples)
     report = compute_report(rows, seed=spec.seed, n_resamples=spec.n_resamples)
-    if quality is None and "pairwise-preference" in spec.tasks and DEFAULT_REFERENCE_SOURCE in corpus.sources():
-        quality = rouge_quality(corpus, items.article_ids, [spec.self_source, *items.others])
+    if quality is None:
+        quality = default_quality(corpus, spec.tasks, items.article_ids, [spec.self_source, *items.others])
     add_preference_controls(report, rows, spec.seed, spec.n_resamples, quality)
     fam = familiarity_summary(rows)
     if fam:

@@ -63,6 +63,14 @@ def rouge_quality(corpus: Corpus, article_ids: Iterable[str], sources: Iterable[
     return QualityReference(scores, f"ROUGE-L F1 against the {reference!r} summary", frozenset({reference}))
 
 
+def default_quality(corpus: Corpus, tasks, article_ids: Iterable[str], sources: Iterable[str]
+                    ) -> QualityReference | None:
+    """ROUGE-L against the ``human`` summaries when preference is scored and the corpus has them, else None."""
+    if "pairwise-preference" not in tasks or DEFAULT_REFERENCE_SOURCE not in corpus.sources():
+        return None
+    return rouge_quality(corpus, article_ids, sources)
+
+
 def file_quality(path: str | os.PathLike, key: str) -> QualityReference:
     """Gold scores from a JSONL file (see the module docstring); a missing or non-numeric ``key``, a
     line without ``article_id``/``id`` or ``source``, or a summary listed twice is a one-line error."""

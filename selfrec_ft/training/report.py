@@ -87,8 +87,25 @@ def render_training_markdown(report: dict[str, Any]) -> str:
     lines += md.table(["stage", "step", "domain", "recognition", "preference", "n pairs"] + (GAP_HEADER if gap else []),
                       stage_rows(report))
     lines += ["", GAP_NOTE] if gap else []
-    lines += final_verdicts(report)
+    lines += final_verdicts(report) + quality_table(report)
     return "\n".join(lines) + "\n"
+
+
+def quality_table(report: dict[str, Any]) -> list[str]:
+    """Harmful vs justified self-preference (and the DBG gap) of the baseline and the final model."""
+    rows, reference = [], None
+    for stage in ("baseline", "final"):
+        for d in DOMAINS:
+            qa = (report[stage].get(d) or {}).get("quality_preference")
+            if qa:
+                reference = qa["reference"]
+                rows.append([stage, d.replace("_", "-"), *(f"{md.estimate(qa[k])} (n {qa[k]['n']})"
+                                                           for k in ("justified", "harmful", "dbg"))])
+    if not rows:
+        return []
+    return ["", f"Quality-aware self-preference ({reference}): P(self picked) where the self summary is better "
+                "(justified) / worse (harmful); DBG gap = self-preference minus the quality reference's.", ""] + \
+        md.table(["stage", "domain", "justified", "harmful", "DBG gap"], rows)
 
 
 def final_verdicts(report: dict[str, Any]) -> list[str]:
