@@ -320,3 +320,17 @@ def test_hook_summary_training_report_and_checkpoint_table_show_the_gap(tmp_path
     on = EvalHookArguments(hook_in_domain="corpus")
     off = EvalHookArguments(hook_in_domain="corpus", hook_worse_question=False)
     assert hook_specs(on, data)[0].worse_question is True and hook_specs(off, data)[0].worse_question is False
+
+
+def test_every_shipped_preset_has_the_worse_question_and_a_preset_without_it_is_one_line(tmp_path):
+    from selfrec_ft.prompts.templates import available_presets
+    from selfrec_ft.scoring.controls_preference import worse_template
+
+    for name in available_presets():
+        t = worse_template(name)
+        assert t.inverted and t.measures == "pairwise-preference" and "worse" in t.user
+    own = tmp_path / "mine.yaml"
+    own.write_text("name: mine\ntasks:\n  pairwise-preference:\n    measures: pairwise-preference\n"
+                   "    user: \"{summary1} {summary2} better?\"\n    options: ['1', '2']\n")
+    with pytest.raises(UserError, match="no-worse-question"):
+        worse_template(str(own))

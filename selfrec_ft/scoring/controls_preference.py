@@ -32,6 +32,8 @@ from typing import Any
 
 from selfrec_ft import markdown as md
 from selfrec_ft.defaults import WORSE_QUESTION_TASK
+from selfrec_ft.errors import UserError
+from selfrec_ft.prompts.templates import TaskTemplate, load_preset
 from selfrec_ft.scoring.metrics import pairwise_scores
 from selfrec_ft.scoring.quality import QualityReference
 from selfrec_ft.stats import MIN_CLUSTERS_CI, cluster_bootstrap_mean, n_clusters, too_few_clusters_note
@@ -73,6 +75,22 @@ def preference_scores(rows: Sequence[Mapping[str, Any]], worse: bool = False) ->
 
 
 # ------------------------------------------------------------------------------ question-following
+
+
+def worse_template(preset: str) -> TaskTemplate:
+    """The preset's "which summary is worse?" template (named :data:`WORSE_QUESTION_TASK`, inverted,
+    measuring pairwise-preference): the question-following control's second question."""
+    p = load_preset(preset)
+    try:
+        tmpl = p.task(WORSE_QUESTION_TASK)
+    except UserError:
+        raise UserError(f"preset {p.name!r} has no {WORSE_QUESTION_TASK!r} template (the \"which summary is "
+                        "worse?\" question); add one or turn the question off (--no-worse-question, "
+                        "hook_worse_question: false)", p.source) from None
+    if tmpl.measures != "pairwise-preference" or not tmpl.inverted or not tmpl.options:
+        raise UserError(f"template {WORSE_QUESTION_TASK!r} must measure pairwise-preference, be inverted "
+                        "(inverted: true) and have options", p.source)
+    return tmpl
 
 
 def _gap_blocks(pairs: list[tuple[dict, float, float]], seed: int, n_resamples: int) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from selfrec_ft.prompts.templates import (
     load_preset,
     render_prompt,
 )
+from selfrec_ft.scoring.controls_preference import worse_template
 from selfrec_ft.scoring.engine import ScoreRequest
 from selfrec_ft.scoring.spec import EvalSpec
 
@@ -113,22 +114,6 @@ def resolve_templates(preset: str, tasks: Sequence[str], templates: Mapping[str,
             raise UserError(f"template {tmpl.name!r} has no options to score", p.source)
         out[task] = tmpl
     return out
-
-
-def worse_template(preset: str) -> TaskTemplate:
-    """The preset's "which summary is worse?" template (named :data:`WORSE_QUESTION_TASK`, inverted,
-    measuring pairwise-preference): the question-following control's second question."""
-    p = load_preset(preset)
-    try:
-        tmpl = p.task(WORSE_QUESTION_TASK)
-    except UserError:
-        raise UserError(f"preset {p.name!r} has no {WORSE_QUESTION_TASK!r} template (the \"which summary is "
-                        "worse?\" question); add one or turn the question off (--no-worse-question, "
-                        "hook_worse_question: false)", p.source) from None
-    if tmpl.measures != "pairwise-preference" or not tmpl.inverted or not tmpl.options:
-        raise UserError(f"template {WORSE_QUESTION_TASK!r} must measure pairwise-preference, be inverted "
-                        "(inverted: true) and have options", p.source)
-    return tmpl
 
 
 def _pairwise_values(tmpl: TaskTemplate, article: str, s1: str, s2: str, src1: str, src2: str) -> dict[str, str]:
