@@ -334,3 +334,76 @@ def test_every_shipped_preset_has_the_worse_question_and_a_preset_without_it_is_
                    "    user: \"{summary1} {summary2} better?\"\n    options: ['1', '2']\n")
     with pytest.raises(UserError, match="no-worse-question"):
         worse_template(str(own))
+
+
+JUDGE_PRESET = """name: tinyq
+assistant_prefix: ''
+tasks:
+  pairwise-recognition:
+    measures: pairwise-recognition
+    user: "1: {summary1}\\n2: {summary2}\\nWhich did you write?"
+    options: ['1', '2']
+  pairwise-preference:
+    measures: pairwise-preference
+    user: "1: {summary1}\\n2: {summary2}\\nWhich is better?"
+    options: ['1', '2']
+  pairwise-preference-worse:
+    measures: pairwise-preference
+    user: "1: {summary1}\\n2: {summary2}\\nWhich is worse?"
+    options: ['1', '2']
+    inverted: true
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_judge_trained_to_recognise_its_own_text_copies_the_answer(tiny_model_dir, tmp_path, capsys):
+    """Done-when of issue 23: the tiny model, fine-tuned (SFT, full) to answer "which did you write?"
+    on a self source with a visible mark ("Briefly, ..."), recognises its held-out summaries; asked
+    "better" and "worse" it names its own summary alike, so the gap's interval includes 0 and the
+    training report and `selfrec eval`'s report say so (short prompts keep it to ~120 steps)."""
+    from trl import ModelConfig, SFTConfig
+
+    from selfrec_ft.cli import main
+    from selfrec_ft.data.corpus import write_corpus
+    from selfrec_ft.data.synth import synth_corpus
+    from selfrec_ft.training.args import EvalHookArguments, SelfRecDataArguments
+    from selfrec_ft.training.sft import run_sft
+
+    preset = tmp_path / "tinyq.yaml"
+    preset.write_text(JUDGE_PRESET)
+    corpus = synth_corpus("short", 20, seed=4)
+    corpus.summaries["lead"] = {a: " ".join(t.split()[:6]) for a, t in corpus.summaries["lead"].items()}
+    corpus.add_summaries("me", {a: "Briefly, " + " ".join(t.split()[:5]) for a, t in corpus.summaries["human"].items()})
+    corpus_dir = write_corpus(corpus, tmp_path / "corpus")
+    out = tmp_path / "judge"
+    data = SelfRecDataArguments(corpus=str(corpus_dir), self_source="me", others="lead", n_articles=14,
+                                prompt_preset=str(preset))
+    train = SFTConfig(output_dir=str(out), use_cpu=True, bf16=False, activation_checkpointing=False, max_length=256,
+                      per_device_train_batch_size=8, learning_rate=3e-3, lr_scheduler_type="constant", max_steps=120,
+                      logging_steps=40, save_strategy="no", report_to="none", seed=0, disable_tqdm=True,
+                      dataloader_num_workers=0)
+    model = ModelConfig(model_name_or_path=str(tiny_model_dir), use_peft=False)
+    hook = EvalHookArguments(hook_in_domain=str(corpus_dir), hook_limit=6, hook_batch_size=12,
+                             hook_tasks="pairwise-recognition,pairwise-preference")
+    run_sft(data, train, model, hook_args=hook, teardown=False)
+
+    report = json.loads((out / "report.json").read_text())
+    base, final = report["baseline"]["in_domain"], report["final"]["in_domain"]
+    assert final["recognition"]["mean"] > base["recognition"]["mean"] + 0.25, (base, final)
+    qf = final["question_following"]
+    lo, hi = qf["ci95"]
+    assert lo <= 0 <= hi and abs(qf["better"] - qf["worse"]) < 0.15, qf
+    assert "interval includes 0" in (out / "report.md").read_text()
+
+    capsys.readouterr()
+    assert main(["eval", "--model", str(out), "--corpus", str(corpus_dir), "--self-source", "me", "--others", "lead",
+                 "--tasks", "pairwise-recognition,pairwise-preference", "--prompt-preset", str(preset),
+                 "--n-resamples", "500", "--no-progress", "--out", str(tmp_path / "eval")]) == 0
+    ev = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert ev["meta"]["eval"]["articles"] == 6  # the held-out articles (the training ones skipped)
+    gap = ev["question_following"]["gap"]
+    assert gap["ci95"][0] <= 0 <= gap["ci95"][1] and gap["mean"] == pytest.approx(qf["mean"], abs=1e-6)
+    md = (tmp_path / "eval" / "report.md").read_text()
+    assert "## Question-following (better vs worse)" in md and "interval includes 0" in md
+    assert "## Quality-aware self-preference" in md and ev["quality_preference"]["dbg"]["n"] == 6
