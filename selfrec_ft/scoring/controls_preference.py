@@ -214,7 +214,7 @@ def quality_verdict(block: Mapping[str, Any]) -> str:
         return head + ": the judge prefers its own summaries more than their quality justifies (harmful bias)."
     if ci[1] < 0:
         return head + ": the judge prefers its own summaries less than their quality would justify."
-    return head + ": the self-preference is what quality justifies (interval includes 0)."
+    return head + ": the self-preference is not shown to exceed what quality justifies (interval includes 0)."
 
 
 # ---------------------------------------------------------------------------------- the report
@@ -250,6 +250,12 @@ def add_preference_controls(report: dict[str, Any], rows: Sequence[Mapping[str, 
     return report
 
 
+def _est(block: Mapping[str, Any] | None) -> str:
+    """``mean [lo, hi]``; a mean whose interval was left out for too few articles says so."""
+    text = md.estimate(block)
+    return text + " (no CI: < 5 articles)" if block and block.get("ci_note") and block.get("mean") is not None else text
+
+
 def render_controls(report: Mapping[str, Any], h: str) -> list[str]:
     """Markdown of the report's preference controls (heading level ``h``, e.g. ``"##"``)."""
     lines: list[str] = []
@@ -259,9 +265,9 @@ def render_controls(report: Mapping[str, Any], h: str) -> list[str]:
                   'P(self picked) when asked "which summary is better?" and "which summary is worse?" (both '
                   "orders averaged), on the pairs scored under both; gap = better − worse (≈ 0: the judge "
                   "points at its own summary whatever it is asked). 95% CI: bootstrap over articles.", ""]
-        body = [["**all**", md.estimate(qf["better"]), md.estimate(qf["worse"]), md.estimate(qf["gap"]),
+        body = [["**all**", _est(qf["better"]), _est(qf["worse"]), _est(qf["gap"]),
                  str(qf["gap"]["n"])]]
-        body += [[src, md.estimate(b["better"]), md.estimate(b["worse"]), md.estimate(b["gap"]), str(b["gap"]["n"])]
+        body += [[src, _est(b["better"]), _est(b["worse"]), _est(b["gap"]), str(b["gap"]["n"])]
                  for src, b in qf["by_source"].items()]
         lines += md.table(["other source", "self picked (better)", "self picked (worse)", "gap", "n"], body)
         lines += ["", f"**Verdict:** {qf['verdict']}", ""]
@@ -272,11 +278,11 @@ def render_controls(report: Mapping[str, Any], h: str) -> list[str]:
                   "is better; harmful: where it is worse; DBG gap: self-preference minus the reference's "
                   "(gold 1 / 0 / ½). 95% CI: bootstrap over articles.", ""]
         lines += md.table(["measure", "mean [95% CI]", "n"], [
-            ["justified (self better)", md.estimate(qa["justified"]), str(qa["n_self_better"])],
-            ["harmful (self worse)", md.estimate(qa["harmful"]), str(qa["n_self_worse"])],
-            ["self-preference", md.estimate(qa["self_preference"]), str(qa["self_preference"]["n"])],
-            ["reference prefers self", md.estimate(qa["gold_self_better"]), str(qa["gold_self_better"]["n"])],
-            ["DBG gap", md.estimate(qa["dbg"]), str(qa["dbg"]["n"])]])
+            ["justified (self better)", _est(qa["justified"]), str(qa["n_self_better"])],
+            ["harmful (self worse)", _est(qa["harmful"]), str(qa["n_self_worse"])],
+            ["self-preference", _est(qa["self_preference"]), str(qa["self_preference"]["n"])],
+            ["reference prefers self", _est(qa["gold_self_better"]), str(qa["gold_self_better"]["n"])],
+            ["DBG gap", _est(qa["dbg"]), str(qa["dbg"]["n"])]])
         lines += ["", f"{qa['n_tied']} tied pair(s) in neither split; {qa['n_without_quality']} pair(s) without a "
                       "quality for both summaries left out.", "", f"**Verdict:** {quality_verdict(qa)}", ""]
     return lines
