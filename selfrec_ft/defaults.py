@@ -20,6 +20,9 @@ DEFAULT_TASKS = TASKS
 DEFAULT_HOOK_TASKS = PAIRWISE_TASKS
 """Tasks of the training hook, eval-checkpoints and sweeps: recognition and preference."""
 MEASURES = {"pairwise-recognition": "recognition", "pairwise-preference": "preference"}
+WORSE_QUESTION_TASK = "pairwise-preference-worse"
+"""Rows of the preference pairs asked "which summary is worse?" (the preset's inverted template of that
+name), scored beside the "better" question for the question-following control (issue 23)."""
 
 # ------------------------------------------------------------------------------ prompts and data
 DEFAULT_PRESET = "panickssery2024"

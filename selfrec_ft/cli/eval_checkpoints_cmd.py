@@ -39,6 +39,8 @@ def register(sub) -> None:
                    help=f"rows per forward pass (default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--familiarity", action="store_true",
                    help="also score the log-likelihood of each source's summaries (self minus others in the table)")
+    p.add_argument("--no-worse-question", action="store_true",
+                   help='do not also ask the preference pairs "which summary is worse?" (question-following gap)')
     p.add_argument("--no-base", action="store_true", help="do not evaluate the base model")
     p.add_argument("--final-only", action="store_true", help="only the final model (and the base), no checkpoints")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, help="default: the run's training dtype")
@@ -65,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         out_of_domain_kind=args.out_of_domain_kind, tasks=tasks, limit=args.limit, batch_size=args.batch_size,
         familiarity=args.familiarity, self_source=args.self_source, others=split_list(args.others), dtype=args.dtype,
         device=args.device, seed=args.seed, n_resamples=args.n_resamples, progress=not args.no_progress,
+        worse_question=not args.no_worse_question,
     )
     table = eval_checkpoints(args.run_dirs, settings, out=args.out, include_base=not args.no_base,
                              checkpoints=not args.final_only)

@@ -30,6 +30,22 @@ def _templates(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
+def _quality(args: argparse.Namespace, corpus, spec, held):
+    """The quality reference of quality-aware preference: the gold file, or ROUGE-L against
+    ``--quality-reference`` when named explicitly (the default ``human`` is used by evaluate when present)."""
+    from selfrec_ft.scoring.quality import DEFAULT_REFERENCE_SOURCE, file_quality, rouge_quality
+
+    if (args.quality_file is None) != (args.quality_key is None):
+        raise UserError("--quality-file and --quality-key go together")
+    if args.quality_file:
+        return file_quality(args.quality_file, args.quality_key)
+    if args.quality_reference == DEFAULT_REFERENCE_SOURCE:
+        return None
+    ids = [a.id for a in corpus.heldout_articles(held.skip_first, args.limit)]
+    others = spec.others or [s for s in corpus.sources() if s != spec.self_source]
+    return rouge_quality(corpus, ids, [spec.self_source, *others], args.quality_reference)
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "eval",
@@ -71,6 +87,14 @@ def register(sub) -> None:
                    help="also score each summary's mean token log-likelihood given the generation prompt")
     p.add_argument("--domain", choices=GENERATION_DOMAINS,
                    help="dataset domain, recorded in rows; picks the generation template for --familiarity")
+    p.add_argument("--no-worse-question", action="store_true",
+                   help='do not also ask the preference pairs "which summary is worse?" (the question-following '
+                        "control: self picked under better minus under worse, with a CI)")
+    p.add_argument("--quality-file", help="JSONL of gold quality scores per summary (article_id, source, "
+                   "--quality-key) for quality-aware preference (default: ROUGE-L against --quality-reference)")
+    p.add_argument("--quality-key", help="the score field of --quality-file")
+    p.add_argument("--quality-reference", default="human",
+                   help="source whose summaries are the ROUGE-L reference of quality-aware preference (default human)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--n-resamples", type=int_at_least(1), default=2000, help="bootstrap resamples")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -105,7 +129,9 @@ def run(args: argparse.Namespace) -> int:
     spec = EvalSpec(corpus=corpus, self_source=args.self_source, others=others,
                     tasks=tasks + ([FAMILIARITY] if args.familiarity else []), skip_first=held.skip_first,
                     limit=args.limit, preset=protocol.preset, protocol=protocol, templates=_templates(args.template),
-                    domain=args.domain, seed=args.seed, n_resamples=args.n_resamples)
+                    domain=args.domain, seed=args.seed, n_resamples=args.n_resamples,
+                    worse_question=not args.no_worse_question)
+    quality = _quality(args, corpus, spec, held)
     check_model_dir(args.model)
     # every cheap check done: say what is used and loaded before torch and transformers are imported
     protocol.announce()
@@ -117,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
 
     scorer = Scorer(args.model, dtype=args.dtype, device=args.device, batch_size=args.batch_size,
                     max_batch_tokens=args.max_batch_tokens, max_length=args.max_length, base_model=args.base_model)
-    result = evaluate(scorer, spec, args.out, progress=not args.no_progress)
+    result = evaluate(scorer, spec, args.out, progress=not args.no_progress, quality=quality)
     print(result.markdown, end="")
     print(f"scored {result.scored} prompts ({result.resumed} already done) -> {result.examples_path}; "
           f"report: {result.out_dir / REPORT_JSON}, {result.out_dir / REPORT_MD}", file=sys.stderr)

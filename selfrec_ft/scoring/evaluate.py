@@ -107,10 +107,13 @@ def _familiarity_markdown(fam: Mapping[str, Any], self_source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate(scorer: Scorer, spec: EvalSpec, out_dir: str | os.PathLike, *, progress: bool = True) -> EvalResult:
+def evaluate(scorer: Scorer, spec: EvalSpec, out_dir: str | os.PathLike, *, progress: bool = True,
+             quality=None) -> EvalResult:
     """Score ``spec`` with ``scorer`` into ``out_dir`` (resuming an interrupted run there), write
     report.json / report.md and return them as an :class:`EvalResult`. The model is only loaded
-    (a path-built scorer) when something is left to score."""
+    (a path-built scorer) when something is left to score. ``quality`` (a
+    :class:`~selfrec_ft.scoring.quality.QualityReference`) adds quality-aware preference; by default
+    ROUGE-L against the corpus's ``human`` summaries when it has them."""
     from tqdm.auto import tqdm
 
     from selfrec_ft.files import writable_dir
@@ -125,6 +128,8 @@ def evaluate(scorer: Scorer, spec: EvalSpec, out_dir: str | os.PathLike, *, prog
         "self_source": spec.self_source, "preset": spec.preset, "templates": spec.template_map,
         "max_length": scorer.max_length, "dtype": scorer.dtype, "domain": spec.domain, "skip_first": spec.skip_first,
     }
+    if spec.worse_question and "pairwise-preference" in spec.tasks:  # recorded only where it adds rows
+        settings["worse_question"] = True
     record_settings(out / CONFIG_FILE, settings, held="this directory holds an evaluation",
                     hint="use another --out (or delete the directory) to start a new one")
     done = _existing_keys(examples)
@@ -148,19 +153,24 @@ def evaluate(scorer: Scorer, spec: EvalSpec, out_dir: str | os.PathLike, *, prog
         if state is not None:
             state.wait_for_everyone()
 
-    report, md = _write_report(out, scorer, spec, items, corpus, is_main)
+    report, md = _write_report(out, scorer, spec, items, corpus, is_main, quality)
     return EvalResult(report, md, out, scored=len(todo), resumed=len(items) - len(todo))
 
 
-def _write_report(out: Path, scorer: Scorer, spec: EvalSpec, items: ScoringItems, corpus, is_main: bool
-                  ) -> tuple[dict[str, Any], str]:
+def _write_report(out: Path, scorer: Scorer, spec: EvalSpec, items: ScoringItems, corpus, is_main: bool,
+                  quality=None) -> tuple[dict[str, Any], str]:
     from selfrec_ft.prompts.protocol import protocol_markdown, protocol_record
+    from selfrec_ft.scoring.controls_preference import add_preference_controls
     from selfrec_ft.scoring.metrics import compute_report
+    from selfrec_ft.scoring.quality import default_quality
     from selfrec_ft.scoring.report import render_markdown
 
     examples = out / EXAMPLES_FILE
     rows = read_jsonl_rows(examples)
     report = compute_report(rows, seed=spec.seed, n_resamples=spec.n_resamples)
+    if quality is None:
+        quality = default_quality(corpus, spec.tasks, items.article_ids, [spec.self_source, *items.others])
+    add_preference_controls(report, rows, spec.seed, spec.n_resamples, quality)
     fam = familiarity_summary(rows)
     if fam:
         report["familiarity"] = fam

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from selfrec_ft.data.corpus import Corpus
-from selfrec_ft.defaults import FAMILIARITY, GENERATION_TEMPLATES, TASKS  # noqa: E402,F401
+from selfrec_ft.defaults import FAMILIARITY, GENERATION_TEMPLATES, TASKS, WORSE_QUESTION_TASK  # noqa: E402,F401
 from selfrec_ft.errors import UserError
 from selfrec_ft.prompts.chat import chat_format
 from selfrec_ft.prompts.templates import (
@@ -43,6 +43,7 @@ from selfrec_ft.prompts.templates import (
     load_preset,
     render_prompt,
 )
+from selfrec_ft.scoring.controls_preference import worse_template
 from selfrec_ft.scoring.engine import ScoreRequest
 from selfrec_ft.scoring.spec import EvalSpec
 
@@ -297,6 +298,8 @@ def build_items(corpus: Corpus, tokenizer, spec: EvalSpec, article_ids: Sequence
         if not corpus.has_article(aid):
             raise UserError(f"unknown article id {aid!r}", corpus.path)
     tmpls = resolve_templates(preset, tasks, templates)
+    if spec.worse_question and "pairwise-preference" in tmpls and not tmpls["pairwise-preference"].inverted:
+        tmpls[WORSE_QUESTION_TASK] = worse_template(preset)
     gen_tmpl = None
     if familiarity:
         if domain not in GENERATION_TEMPLATES:
@@ -322,7 +325,7 @@ def build_items(corpus: Corpus, tokenizer, spec: EvalSpec, article_ids: Sequence
         for task, tmpl in tmpls.items():
             group = (tmpl.name, aid)
             jobs = []  # (meta, values) of this group's prompts
-            if task in PAIRWISE_TASKS:
+            if task in PAIRWISE_TASKS or task == WORSE_QUESTION_TASK:
                 for other in others:
                     theirs = corpus.summary(aid, other)
                     if own is None or theirs is None:

@@ -49,7 +49,10 @@ from pathlib import Path
 from typing import Any
 
 from selfrec_ft.data.p1_results import option_probs, read_p1_file, str_field
+from selfrec_ft.defaults import WORSE_QUESTION_TASK
 from selfrec_ft.errors import UserError
+from selfrec_ft.files import read_text
+from selfrec_ft.scoring.controls_preference import add_preference_controls, render_controls
 from selfrec_ft.jsonl import iter_jsonl
 from selfrec_ft.scoring.metrics import (
     INDIVIDUAL_TASKS,
@@ -81,7 +84,7 @@ def read_selfrec_file(path: str | os.PathLike) -> list[dict[str, Any]]:
         row = dict(obj, _file=str(path), _line=line)
         row["article_id"] = str_field(obj, "article_id", path, line)
         str_field(obj, "self_source", path, line)
-        if task in PAIRWISE_TASKS.values():
+        if task in PAIRWISE_TASKS.values() or task == WORSE_QUESTION_TASK:
             str_field(obj, "other_source", path, line)
             if obj.get("order") not in ORDERS:
                 raise UserError(f'field "order" must be one of {list(ORDERS)}', path, line)
@@ -152,7 +155,7 @@ def report_paths(paths: Sequence[str | os.PathLike], fmt: str = "selfrec", seed:
                  n_resamples: int = 2000, skip_first: int = 0) -> dict[str, Any]:
     """:func:`compute_report` of the rows in ``paths``, with the inputs recorded in ``meta``."""
     rows = load_rows(paths, fmt, skip_first=skip_first)
-    report = compute_report(rows, seed=seed, n_resamples=n_resamples)
+    report = add_preference_controls(compute_report(rows, seed=seed, n_resamples=n_resamples), rows, seed, n_resamples)
     report["meta"]["inputs"] = [os.fspath(p) for p in paths]
     report["meta"]["format"] = fmt
     if fmt == "p1":
@@ -239,6 +242,7 @@ def _render_body(report: Mapping[str, Any], level: int) -> list[str]:
                           f"{pw.get('kendall_tau_n_articles', '–')} articles; 95% CI: bootstrap over "
                           "articles)"]
         lines.append("")
+    lines += render_controls(report, h)
     ind = report.get("individual")
     if ind:
         lines += [f"{h} Individual", "",

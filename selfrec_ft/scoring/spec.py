@@ -64,6 +64,7 @@ class EvalSpec:
     seed: int = 0
     n_resamples: int = 2000
     protocol: Protocol | None = None
+    worse_question: bool = False  # also ask the preference pairs "which is worse?" (WORSE_QUESTION_TASK rows)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

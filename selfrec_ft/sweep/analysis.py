@@ -19,7 +19,11 @@ Reads ``SWEEP_DIR/runs.json`` (docs/ARCHITECTURE.md, "Sweep directory") and each
   preference from the baseline scored on the same articles (paired on articles), and per group the
   mean shifts and preference shift per unit of recognition shift;
 * dose response: recognition and preference against ``params.flip_fraction``;
-* per-checkpoint recognition and preference of runs that list ``checkpoints``.
+* per-checkpoint recognition and preference of runs that list ``checkpoints``;
+* with worse-question rows (issue 23), the question-following series (per pair: P(self picked) under
+  "better" minus under "worse", :mod:`selfrec_ft.scoring.controls_preference`) per run, and its
+  relation to recognition across runs (``correlation_question_following``) beside the raw one: a
+  preference shift that is answer-copying moves the raw preference with recognition but not the gap.
 """
 
 from __future__ import annotations
@@ -37,13 +41,15 @@ from tqdm import tqdm
 from selfrec_ft import stats
 from selfrec_ft.errors import UserError
 from selfrec_ft.jsonl import atomic_write_json, atomic_write_text
+from selfrec_ft.defaults import WORSE_QUESTION_TASK
+from selfrec_ft.scoring.controls_preference import gap_values
 from selfrec_ft.scoring.metrics import POSITION_BIAS_THRESHOLD, accuracy_values, pairwise_scores, position_table
 from selfrec_ft.scoring.report import read_selfrec_file
 from selfrec_ft.sweep.baselines import treatment_vs_control
 from selfrec_ft.sweep.inference import MIN_RUNS_CORRELATION, MIN_RUNS_PARTIAL, JointBootstrap, correlation  # noqa: F401
 
 TASKS = ("recognition", "preference")
-SERIES = ("recognition", "preference", "familiarity")
+SERIES = ("recognition", "preference", "familiarity", "question_following")
 TREATMENT_LABELS = ("self", "other", "flip")
 CONTROL_LABELS = ("always_1", "random", "length", "vowelcount", "readability")
 BASELINE_LABELS = ("none", "baseline")
@@ -169,6 +175,9 @@ def eval_series(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             clusters.append(key)
     if fam:
         out["familiarity"] = {"values": diffs, "clusters": clusters}
+    if any(r.get("task") == WORSE_QUESTION_TASK for r in rows):
+        gaps, gap_clusters = gap_values(rows)
+        out["question_following"] = {"values": gaps, "clusters": gap_clusters}
     return out
 
 
@@ -258,7 +267,7 @@ def analyse_sweep(sweep_dir: str | os.PathLike, seed: int = 0, n_resamples: int 
             run["checkpoints"].append(entry)
         run["checkpoints"].sort(key=lambda c: (c["step"] is None, c["step"]))
 
-    correlations, tvc, dose = {}, {}, {}
+    correlations, tvc, dose, following = {}, {}, {}, {}
     for dom in _ordered_domains(series_by_domain):
         ser = series_by_domain[dom]
         ids = [r["run_id"] for r in runs if (r["run_id"], "recognition") in ser
@@ -267,6 +276,10 @@ def analyse_sweep(sweep_dir: str | os.PathLike, seed: int = 0, n_resamples: int 
         # every done run, the baseline included, is a point of the recognition-preference relation
         fam_ids = [r for r in ids if (r, "familiarity") in ser]
         correlations[dom] = correlation(joint, ids, fam_ids, seed)
+        qf_ids = [r for r in ids if (r, "question_following") in ser]
+        if qf_ids:  # the same relation with the question-following preference in place of the raw one
+            following[dom] = correlation(joint, qf_ids, [r for r in qf_ids if (r, "familiarity") in ser], seed,
+                                         measure="question_following")
         tvc[dom] = treatment_vs_control(joint, runs, ids)
         d = _dose_response(joint, runs, ids, dom)
         if d is not None:
@@ -282,6 +295,7 @@ def analyse_sweep(sweep_dir: str | os.PathLike, seed: int = 0, n_resamples: int 
     analysis = {
         "runs": runs,
         "correlation": correlations,
+        "correlation_question_following": following,
         "treatment_vs_control": tvc,
         "dose_response": dose,
         "notes": notes,
@@ -330,6 +344,8 @@ def render_analysis_markdown(a: Mapping[str, Any]) -> str:
     lines = ["# Sweep analysis", "", "## Verdict: does preference follow recognition across runs?", ""]
     for dom, c in a["correlation"].items():
         lines.append(f"* **{dom}**: {c.get('verdict') or '–'}")
+    for dom, c in (a.get("correlation_question_following") or {}).items():
+        lines.append(f"* **{dom}**, question-following preference (better − worse gap): {c.get('verdict') or '–'}")
     lines += ["", "A relation is called supported only when a test with the run as the unit (permutation "
               "test over runs, p < 0.05) and the article-level bootstrap interval (excludes 0) agree.", ""]
     lines += [f"{m['n_runs']} runs ({m['n_done']} done); bootstrap: {m['n_resamples']} resamples of "
@@ -344,18 +360,20 @@ def render_analysis_markdown(a: Mapping[str, Any]) -> str:
     for r in a["runs"]:
         if not r["domains"]:
             rows.append([r["run_id"], _f(r["status"]), r["label_strategy"],
-                         _f(r["params"].get("flip_fraction")), "–", "–", "–", "–", "–",
+                         _f(r["params"].get("flip_fraction")), "–", "–", "–", "–", "–", "–",
                          _f(r.get("error"))])
         for dom, d in r["domains"].items():
             rec, pref, fam = d.get("recognition", {}), d.get("preference", {}), d.get("familiarity", {})
+            gap = d.get("question_following", {})
             rows.append([r["run_id"], _f(r["status"]), r["label_strategy"],
                          _f(r["params"].get("flip_fraction")), dom,
                          f"{_f(rec.get('mean'))} {_ci(rec.get('ci95'), rec.get('ci_note'))}",
                          f"{_f(pref.get('mean'))} {_ci(pref.get('ci95'), pref.get('ci_note'))}",
+                         f"{_f(gap.get('mean'))} {_ci(gap.get('ci95'), gap.get('ci_note'))}" if gap else "–",
                          _f(fam.get("mean")), _f(rec.get("n")), "–"])
     lines += ["## Runs", ""] + _table(
         ["run", "status", "labels", "flip fraction", "domain", "recognition [95% CI]",
-         "preference [95% CI]", "familiarity", "n pairs", "error"], rows) + [""]
+         "preference [95% CI]", "better − worse gap [95% CI]", "familiarity", "n pairs", "error"], rows) + [""]
     lines += ["## Recognition vs preference across runs", "",
               "Article level: joint bootstrap over articles (every run's means recomputed on the same drawn "
               "articles); it reflects article sampling, not the choice of runs. Run level: the run means "

@@ -205,6 +205,7 @@ class EvalSettings:
     n_resamples: int = 2000
     progress: bool = True
     demo_cache: str | None = None
+    worse_question: bool = True  # also ask "which summary is worse?" (question-following gap)
 
     @property
     def spec_tasks(self) -> tuple[str, ...]:
@@ -339,10 +340,11 @@ def _job(target: _Target, ck: Checkpoint, domain: str, root: Path, settings: Eva
     spec = EvalSpec(corpus=corpus, self_source=target.self_source, others=others, tasks=settings.spec_tasks,
                     skip_first=skip, limit=settings.limit, preset=target.preset, domain=kind, seed=settings.seed,
                     n_resamples=settings.n_resamples, protocol=Protocol(target.preset, "manifest", target.manifest,
-                                                                        target.preset))
+                                                                        target.preset),
+                    worse_question=settings.worse_question)
     h = settings_hash(corpus=str(corpus.path), skip=skip, limit=settings.limit, self_source=target.self_source,
                       others=others, preset=target.preset, max_length=target.max_length, dtype=target.dtype,
-                      kind=kind)
+                      kind=kind, **({"worse_question": True} if spec.worse_question else {}))
     return EvalJob(run=target.run, checkpoint=ck.name, step=ck.step, domain=domain, model=ck.path, spec=spec,
                    dtype=target.dtype, max_length=target.max_length, out_dir=root / f"{domain}-{h}")
 
@@ -429,7 +431,8 @@ def _cached_report(job: EvalJob, settings: EvalSettings) -> dict[str, Any] | Non
     ok = (meta.get("model") == job.model and meta.get("corpus") == str(job.corpus.path)
           and meta.get("self_source") == spec.self_source and meta.get("others") == list(spec.others or ())
           and meta.get("articles") == expected and set(spec.scored_tasks) <= set(meta.get("tasks") or ())
-          and config.get("skip_first") == spec.skip_first and (not spec.familiarity or "familiarity" in report))
+          and config.get("skip_first") == spec.skip_first and (not spec.familiarity or "familiarity" in report)
+          and bool(config.get("worse_question")) == (spec.worse_question and "pairwise-preference" in spec.tasks))
     return report if ok else None
 
 
@@ -462,6 +465,10 @@ def table_row(job: EvalJob, report: Mapping[str, Any], settings: EvalSettings, c
         row["same_as"] = job.reuse_of.checkpoint
     for name in MEASURES:
         row[name] = _measure(report, name)
+    if report.get("question_following"):  # the better − worse gap, with both questions' self-picked rates
+        qf = report["question_following"]
+        row["question_following"] = {**qf["gap"], "better": qf["better"]["mean"], "worse": qf["worse"]["mean"],
+                                     "answer_copying": qf["answer_copying"]}
     if settings.familiarity:
         row["familiarity"] = _familiarity(job.examples, settings.seed, settings.n_resamples)
     return row
@@ -521,20 +528,28 @@ def run_evaluations(jobs: Sequence[EvalJob], settings: EvalSettings,
 def render_table_markdown(rows: Sequence[Mapping[str, Any]], title: str = "Recognition and preference by checkpoint"
                           ) -> str:
     fam = any("familiarity" in r for r in rows)
+    gap = any("question_following" in r for r in rows)
     header = ["run", "checkpoint", "step", "domain", "recognition [95% CI]", "preference [95% CI]"]
+    header += ["better − worse gap [95% CI]"] if gap else []
     header += ["familiarity (self − others)"] if fam else []
     header += ["n pairs"]
     lines = [f"# {title}", "",
              "Mean pairwise score on held-out articles (½[p̂_fwd(self) + p̂_bwd(self)], normalised over the "
              "options; 0.5 = chance), 95% CI from a bootstrap over articles. † = position-biased (the "
              "evaluator mostly answers the same position in both orders). In-domain evaluations skip the "
-             "run's training articles.", ""]
+             "run's training articles."
+             + (' Gap: P(self picked) asked "which is better?" minus asked "which is worse?"; ‡ = answer-copying '
+                "(the judge picks its own summary whatever it is asked: the gap's interval includes 0, or less "
+                "than half the self-preference follows the question)." if gap else ""), ""]
     cells = []
     for r in rows:
         n = (r.get("recognition") or {}).get("n")
         name = r["checkpoint"] + (f" (= {r['same_as']})" if r.get("same_as") else "")
         row = [r["run"], name, md.DASH if r["step"] is None else str(r["step"]), r["domain"].replace("_", "-"),
                md.estimate(r.get("recognition"), biased=" †"), md.estimate(r.get("preference"), biased=" †")]
+        if gap:
+            row.append(md.estimate(r.get("question_following")) + (" ‡" if (r.get("question_following") or {})
+                                                                   .get("answer_copying") else ""))
         if fam:
             row.append(md.estimate(r.get("familiarity")))
         cells.append(row + [md.DASH if n is None else str(n)])

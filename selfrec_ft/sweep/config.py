@@ -54,7 +54,8 @@ INPROCESS = "inprocess"
 TOP_KEYS = ("base", "output_dir", "grid", "runs", "eval", "launcher", "slurm")
 BASE_KEYS = ("config", "overrides")
 EVAL_KEYS = ("in_domain", "out_of_domain", "in_domain_kind", "out_of_domain_kind", "limit", "tasks",
-             "familiarity", "checkpoints", "batch_size", "dtype", "device", "hook", "seed", "n_resamples")
+             "familiarity", "checkpoints", "batch_size", "dtype", "device", "hook", "seed", "n_resamples",
+             "worse_question")
 SLURM_KEYS = ("job_name", "partition", "account", "qos", "time", "gpus", "cpus_per_task", "mem",
               "max_parallel", "setup", "sbatch", "command")
 PLACEHOLDERS = ("config", "output_dir", "run_id", "sweep_dir")
@@ -102,6 +103,7 @@ class EvalConfig:
     hook: bool = False
     seed: int = 0
     n_resamples: int = 2000
+    worse_question: bool = True
 
 
 @dataclass
@@ -358,7 +360,7 @@ def _eval_config(raw: Mapping[str, Any], base_cfg: Mapping[str, Any], path: Path
     ev = EvalConfig()
     for key, value in raw.items():
         where = lines.get(("eval", key))
-        if key in ("familiarity", "checkpoints", "hook"):
+        if key in ("familiarity", "checkpoints", "hook", "worse_question"):
             if not isinstance(value, bool):
                 raise UserError(f"eval.{key} must be true or false", path, where)
         elif key in ("limit", "batch_size", "n_resamples"):

@@ -23,7 +23,7 @@ def evaluate_runs(sweep: SweepConfig, runs_file: RunsFile, progress: bool = True
         in_domain=ev.in_domain, out_of_domain=ev.out_of_domain, in_domain_kind=ev.in_domain_kind,
         out_of_domain_kind=ev.out_of_domain_kind, tasks=list(ev.tasks), limit=ev.limit, batch_size=ev.batch_size,
         familiarity=ev.familiarity, dtype=ev.dtype, device=ev.device, seed=ev.seed, n_resamples=ev.n_resamples,
-        progress=progress, demo_cache=sweep.runs[0].config.get("demo_cache"),
+        progress=progress, demo_cache=sweep.runs[0].config.get("demo_cache"), worse_question=ev.worse_question,
     )
     infos = []
     for spec in sweep.runs:

@@ -265,20 +265,25 @@ def _fmt_p(p) -> str:
     return "–" if p is None else f"{p:.3g}"
 
 
+MEASURE_WORDS = {"preference": "preference",
+                 "question_following": "question-following preference (better − worse gap)"}
+
+
 def verdict(c: Mapping[str, Any]) -> str:
     """One sentence for a correlation block: the verdict first, then the two sources of evidence."""
     k = c["n_runs"]
+    what = MEASURE_WORDS.get(c.get("measure", "preference"), c.get("measure", "preference"))
     pearson = c.get("pearson") or {}
     r, rl = pearson.get("r"), pearson.get("run_level") or {}
     if k < MIN_RUNS_CORRELATION or r is None:
-        return (f"Not assessed: {k} run(s) with recognition and preference"
+        return (f"Not assessed: {k} run(s) with recognition and {what}"
                 + (" (at least 3 are needed)." if k < MIN_RUNS_CORRELATION else "; Pearson r is undefined."))
     direction = "rises" if r > 0 else "falls"
     p = rl.get("p_value")
     evidence = (f"Pearson r = {r:.3f}; run-level permutation p = {_fmt_p(p)}, Fisher-z 95% CI "
                 f"{_fmt_ci(rl.get('ci95'))}; article-level 95% CI {_fmt_ci(pearson.get('ci95'))}")
     if c.get("supported"):
-        return f"Supported: preference {direction} with recognition across the {k} runs ({evidence})."
+        return f"Supported: {what} {direction} with recognition across the {k} runs ({evidence})."
     reasons = []
     if p is None or p >= ALPHA:
         reason = f"the run-level test does not reject 'no relation' with {k} runs"
@@ -293,23 +298,26 @@ def verdict(c: Mapping[str, Any]) -> str:
     return f"Not supported: {'; '.join(reasons)} ({evidence})."
 
 
-def correlation(joint: JointBootstrap, run_ids: list[str], fam_ids: list[str], seed: int = 0) -> dict[str, Any]:
+def correlation(joint: JointBootstrap, run_ids: list[str], fam_ids: list[str], seed: int = 0,
+                measure: str = "preference") -> dict[str, Any]:
     """The ``correlation.<domain>`` block of analysis.json for the runs ``run_ids`` (familiarity
     for ``fam_ids``): Pearson r, Kendall τ, slope with article-level and run-level inference,
-    the partial correlation given familiarity, ``supported`` and the ``verdict`` sentence."""
+    the partial correlation given familiarity, ``supported`` and the ``verdict`` sentence.
+    ``measure``: the series related to recognition (``preference``, or ``question_following``: the
+    better − worse gap of :mod:`selfrec_ft.scoring.controls_preference`)."""
     k = len(run_ids)
-    out: dict[str, Any] = {"n_runs": k, "run_ids": run_ids}
+    out: dict[str, Any] = {"n_runs": k, "run_ids": run_ids, "measure": measure}
     if k < MIN_RUNS_CORRELATION:
         out.update(pearson={"r": None, "ci95": None, "run_level": run_level_pearson([], [])},
                    kendall={"tau": None, "ci95": None}, slope={"value": None, "ci95": None},
                    note=f"fewer than {MIN_RUNS_CORRELATION} done runs with pairwise recognition and "
                         f"preference ({k}); correlations not computed.")
     else:
-        rec, pref = (run_ids, "recognition"), (run_ids, "preference")
+        rec, pref = (run_ids, "recognition"), (run_ids, measure)
         p = joint.interval(pearson_columns, rec, pref, vectorized=True)
         t = joint.interval(kendall_columns, rec, pref, vectorized=True)
         s = joint.interval(slope_columns, rec, pref, vectorized=True)
-        x, y = joint.vectors(run_ids, "recognition")[0], joint.vectors(run_ids, "preference")[0]
+        x, y = joint.vectors(run_ids, "recognition")[0], joint.vectors(run_ids, measure)[0]
         out["pearson"] = {"r": p["value"], "ci95": p["ci95"], "ci_defined_fraction": p["ci_defined_fraction"],
                           "run_level": run_level_pearson(x, y, seed)}
         out["kendall"] = {"tau": t["value"], "ci95": t["ci95"], "ci_defined_fraction": t["ci_defined_fraction"],
@@ -320,8 +328,8 @@ def correlation(joint: JointBootstrap, run_ids: list[str], fam_ids: list[str], s
     out["supported"] = is_supported(out["pearson"].get("run_level") or {}, out["pearson"].get("ci95"))
     if len(fam_ids) >= MIN_RUNS_PARTIAL:
         pc = joint.interval(stats.partial_correlation, (fam_ids, "recognition"),
-                            (fam_ids, "preference"), (fam_ids, "familiarity"))
-        xs, ys, zs = (joint.vectors(fam_ids, n)[0] for n in ("recognition", "preference", "familiarity"))
+                            (fam_ids, measure), (fam_ids, "familiarity"))
+        xs, ys, zs = (joint.vectors(fam_ids, n)[0] for n in ("recognition", measure, "familiarity"))
         out["partial_pearson_given_familiarity"] = {"r": pc["value"], "ci95": pc["ci95"], "n_runs": len(fam_ids),
                                                     "run_level": run_level_partial(xs, ys, zs, seed)}
     else:

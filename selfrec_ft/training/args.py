@@ -156,6 +156,11 @@ class EvalHookArguments:
         metadata={"help": "Tasks measured by the hook (a list or a comma-separated string)."},
     )
     hook_batch_size: int = field(default=8, metadata={"help": "Scoring batch size of the hook."})
+    hook_worse_question: bool = field(
+        default=True,
+        metadata={"help": 'Also ask the preference pairs "which summary is worse?" and log the question-following '
+                  "gap (self picked under better minus under worse)."},
+    )
     hook_others: list[str] | None = field(
         default=None,
         metadata={"help": "Other sources the hook pairs with the self source (default: the training `others`)."},

@@ -24,7 +24,9 @@ from transformers import TrainerCallback
 
 from selfrec_ft.defaults import HOOK_FILE
 from selfrec_ft.jsonl import JsonlAppender, read_jsonl_rows
+from selfrec_ft.scoring.controls_preference import add_preference_controls
 from selfrec_ft.scoring.metrics import compute_report
+from selfrec_ft.scoring.quality import default_quality
 from selfrec_ft.scoring.scorer import Scorer
 from selfrec_ft.scoring.spec import EvalSpec
 from selfrec_ft.training.report import read_hook_records  # noqa: F401 (re-exported)
@@ -34,12 +36,21 @@ HOOK_RESAMPLES = 1000
 
 
 def summarise(report: dict[str, Any]) -> dict[str, Any]:
-    """``{"recognition": {mean, ci95, n, accuracy, invalid, position_biased}, "preference": {...}}``."""
+    """``{"recognition": {mean, ci95, n, accuracy, invalid, position_biased}, "preference": {...},
+    "question_following": {mean, ci95, n, n_articles, better, worse, answer_copying, verdict}}`` (the last with
+    worse-question rows: mean = the better − worse gap)."""
     out = {}
     for key in ("recognition", "preference"):
         r = report.get("pairwise", {}).get(key)
         if r:
             out[key] = {k: r.get(k) for k in ("mean", "mean_raw", "ci95", "n", "accuracy", "invalid", "position_biased")}
+    qf = report.get("question_following")
+    if qf:  # the gap better - worse (its mean is what is logged), with both questions' self-picked rates
+        out["question_following"] = {**qf["gap"], "better": qf["better"]["mean"], "worse": qf["worse"]["mean"],
+                                     "answer_copying": qf["answer_copying"], "verdict": qf["verdict"]}
+    qa = report.get("quality_preference")
+    if qa:  # harmful vs justified self-preference against the quality reference (no top-level mean: not logged)
+        out["quality_preference"] = {k: qa[k] for k in ("reference", "justified", "harmful", "dbg")}
     return out
 
 
@@ -53,6 +64,8 @@ class SelfRecEvalCallback(TrainerCallback):
         self.trainer = trainer
         self.scorer = Scorer(trainer.model, trainer.processing_class, batch_size=batch_size, max_length=max_length)
         self.domains = [(spec, self.scorer.items(spec)) for spec in specs]
+        self.quality = {spec.domain: default_quality(spec.load_corpus(), spec.tasks, items.article_ids,
+                                                     [spec.self_source, *items.others]) for spec, items in self.domains}
         self.path = Path(trainer.args.output_dir) / HOOK_FILE
         self.at_start, self.at_end = at_start, at_end
         self._done_steps = {int(r["step"]) for r in read_jsonl_rows(self.path)} if self.path.exists() else set()
@@ -66,7 +79,9 @@ class SelfRecEvalCallback(TrainerCallback):
         out = {}
         for spec, items in self.domains:
             rows = self.scorer.score_items(items, desc=f"hook {spec.domain}")
-            out[spec.domain] = summarise(compute_report(rows, seed=spec.seed, n_resamples=spec.n_resamples))
+            report = compute_report(rows, seed=spec.seed, n_resamples=spec.n_resamples)
+            out[spec.domain] = summarise(add_preference_controls(report, rows, spec.seed, spec.n_resamples,
+                                                                 self.quality.get(spec.domain)))
         return out
 
     def _run(self, state, model, event: str) -> None:
@@ -110,7 +125,8 @@ def hook_specs(hook_args, data_args) -> list[EvalSpec]:
     others = hook_args.hook_others or getattr(data_args, "others", None)
     common = dict(self_source=data_args.self_source, others=others, tasks=hook_args.hook_tasks,
                   limit=hook_args.hook_limit, preset=data_args.prompt_preset,
-                  seed=getattr(data_args, "label_seed", 0), n_resamples=HOOK_RESAMPLES)
+                  seed=getattr(data_args, "label_seed", 0), n_resamples=HOOK_RESAMPLES,
+                  worse_question=getattr(hook_args, "hook_worse_question", True))
     specs = []
     n_train = data_args.n_articles
     for name, corpus, skip in (("in_domain", hook_args.hook_in_domain, n_train),

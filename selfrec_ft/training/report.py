@@ -57,6 +57,7 @@ def stage_rows(report: dict[str, Any]) -> list[list[str]]:
     checkpoint, final) and domain, formatted."""
     stages = [("baseline", report["baseline"])] + [("checkpoint", c) for c in report["checkpoints"]]
     stages.append(("final", report["final"]))
+    gap = has_question_following(report)
     rows = []
     for stage, rec in stages:
         for d in DOMAINS:
@@ -64,20 +65,64 @@ def stage_rows(report: dict[str, Any]) -> list[list[str]]:
                 r = rec[d]
                 n = (r.get("recognition") or {}).get("n")
                 rows.append([stage, str(rec["step"]), d.replace("_", "-"), _fmt(r.get("recognition")),
-                             _fmt(r.get("preference")), md.DASH if n is None else str(n)])
+                             _fmt(r.get("preference")), md.DASH if n is None else str(n)]
+                            + ([md.estimate(r.get("question_following"))] if gap else []))
     return rows
+
+
+def has_question_following(report: dict[str, Any]) -> bool:
+    """Whether the hook logged the question-following gap (better − worse) in any evaluation."""
+    recs = [report["baseline"], report["final"], *report["checkpoints"]]
+    return any("question_following" in (rec.get(d) or {}) for rec in recs for d in DOMAINS)
+
+
+GAP_HEADER = ["better − worse gap"]
+GAP_NOTE = ('better − worse gap: P(self picked) asked "which is better?" minus asked "which is worse?"; '
+            "≈ 0 (interval includes 0) means the judge points at its own summary whatever it is asked.")
 
 
 def render_training_markdown(report: dict[str, Any]) -> str:
     lines = ["# Self-recognition fine-tuning: recognition and preference by training step", "", STAGE_NOTE, ""]
-    lines += md.table(["stage", "step", "domain", "recognition", "preference", "n pairs"], stage_rows(report))
+    gap = has_question_following(report)
+    lines += md.table(["stage", "step", "domain", "recognition", "preference", "n pairs"] + (GAP_HEADER if gap else []),
+                      stage_rows(report))
+    lines += ["", GAP_NOTE] if gap else []
+    lines += final_verdicts(report) + quality_table(report)
     return "\n".join(lines) + "\n"
+
+
+def quality_table(report: dict[str, Any]) -> list[str]:
+    """Harmful vs justified self-preference (and the DBG gap) of the baseline and the final model."""
+    rows, reference = [], None
+    for stage in ("baseline", "final"):
+        for d in DOMAINS:
+            qa = (report[stage].get(d) or {}).get("quality_preference")
+            if qa:
+                reference = qa["reference"]
+                rows.append([stage, d.replace("_", "-"), *(f"{md.estimate(qa[k])} (n {qa[k]['n']})"
+                                                           for k in ("justified", "harmful", "dbg"))])
+    if not rows:
+        return []
+    return ["", f"Quality-aware self-preference ({reference}): P(self picked) where the self summary is better "
+                "(justified) / worse (harmful); DBG gap = self-preference minus the quality reference's.", ""] + \
+        md.table(["stage", "domain", "justified", "harmful", "DBG gap"], rows)
+
+
+def final_verdicts(report: dict[str, Any]) -> list[str]:
+    """The question-following verdict of the final evaluation per domain (answer-copying said plainly)."""
+    out = []
+    for d in DOMAINS:
+        qf = (report["final"].get(d) or {}).get("question_following") or {}
+        if qf.get("verdict"):
+            out.append(f"* final, {d.replace('_', '-')}: {'**answer-copying** — ' if qf.get('answer_copying') else ''}"
+                       f"{qf['verdict']}")
+    return ["", "Question-following of the final model:", "", *out] if out else []
 
 
 def render_training_console(report: dict[str, Any], output_dir: str | Path) -> str:
     """The result table as aligned text for the console, then the paths of report.md and the plot."""
     header = ["stage", "step", "domain", "recognition [95% CI]", "preference [95% CI]", "n pairs"]
-    rows = [header] + stage_rows(report)
+    rows = [header + (GAP_HEADER if has_question_following(report) else [])] + stage_rows(report)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     right = {1, 5}  # numbers
     lines = ["recognition and preference of the self summary on held-out articles (0.5 = chance):"]
