@@ -20,6 +20,8 @@ DEFAULT_TASKS = TASKS
 DEFAULT_HOOK_TASKS = PAIRWISE_TASKS
 """Tasks of the training hook, eval-checkpoints and sweeps: recognition and preference."""
 MEASURES = {"pairwise-recognition": "recognition", "pairwise-preference": "preference"}
+PERTURBATIONS = ("word-shuffle", "sentence-shuffle", "truncate-to-equal-length", "lowercase-strip-punct")
+"""``selfrec eval --perturb``: what is done to the summaries of a perturbed condition (scoring/perturb.py)."""
 
 # ------------------------------------------------------------------------------ prompts and data
 DEFAULT_PRESET = "panickssery2024"

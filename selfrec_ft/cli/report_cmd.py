@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from selfrec_ft.cli.common import int_at_least
+from selfrec_ft.cli.controls_args import add_report_control_arguments, report_controls
 from selfrec_ft.defaults import REPORT_FORMATS
 from selfrec_ft.errors import UserError
 
@@ -27,6 +28,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--n-resamples", type=int_at_least(1), default=2000,
                    help="bootstrap resamples (default 2000)")
+    add_report_control_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -36,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
     report = report_paths(args.inputs, fmt=args.format, seed=args.seed, n_resamples=args.n_resamples,
                           skip_first=args.skip_first)
-    print(render_markdown(report), end="")
+    md = render_markdown(report) + report_controls(args, report)
+    print(md, end="")
     if args.json:
         try:
             atomic_write_json(args.json, report)

@@ -124,6 +124,8 @@ def evaluate(scorer: Scorer, spec: EvalSpec, out_dir: str | os.PathLike, *, prog
         "self_source": spec.self_source, "preset": spec.preset, "templates": spec.template_map,
         "max_length": scorer.max_length, "dtype": scorer.dtype, "domain": spec.domain, "skip_first": spec.skip_first,
     }
+    if spec.perturb is not None:  # only then: directories written before perturbations existed still resume
+        settings["perturb"] = {"kind": spec.perturb, "seed": spec.perturb_seed}
     record_settings(out / CONFIG_FILE, settings, held="this directory holds an evaluation",
                     hint="use another --out (or delete the directory) to start a new one")
     done = _existing_keys(examples)
@@ -170,7 +172,11 @@ def _write_report(out: Path, scorer: Scorer, spec: EvalSpec, items: ScoringItems
         "preset": spec.preset, "max_length": max_length, "dtype": scorer.dtype, "domain": spec.domain,
         "examples": str(examples), "chat_template": items.chat,
     }
+    if spec.perturb is not None:
+        report["meta"]["eval"]["perturb"] = {"kind": spec.perturb, "seed": spec.perturb_seed}
     md = render_markdown(report, title=f"Evaluation of {spec.self_source}")
+    if spec.perturb is not None:
+        md += f"\nSummaries perturbed: {spec.perturb} (seed {spec.perturb_seed}), both summaries of every pair.\n"
     fit = f"{items.shortened} had their article shortened to fit max_length={max_length}" if max_length \
         else "no max_length, no article shortened"
     md += (f"\n{len(items)} prompts on {n_articles} articles; {fit}"
