@@ -16,6 +16,10 @@ def add_control_arguments(p: argparse.ArgumentParser) -> None:
                    help="peer judge (repeatable): scores the same self-vs-other pairs, asked which summary the "
                         "author (--self-source) wrote (template pairwise-recognition-peer); the report gives "
                         "self − peer with a paired article-clustered CI")
+    g.add_argument("--peer-template", default="pairwise-recognition-peer", metavar="TEMPLATE",
+                   help="the recognition template the peers are asked with (default pairwise-recognition-peer: "
+                        "\"which summary did {author} write?\"; pairwise-recognition for a peer fine-tuned on the "
+                        "judge's own training pairs, which was trained on \"which did you write?\")")
     g.add_argument("--false-alarm", action="store_true",
                    help="also score pairs of two other sources (\"which did you write?\"): false-alarm rate and "
                         "the source the judge attributes most")
@@ -29,16 +33,17 @@ def run_eval_controls(args: argparse.Namespace, scorer, spec, markdown: str) -> 
     """Run the controls asked for on ``selfrec eval``'s command line; the report's markdown after."""
     if not (args.peer_model or args.false_alarm or args.perturb):
         return markdown
-    from selfrec_ft.scoring.controls import run_controls
+    from selfrec_ft.scoring.controls import Controls, run_controls
     from selfrec_ft.scoring.scorer import Scorer
 
     def builder(path: str):
         return lambda: Scorer(path, dtype=args.dtype, device=args.device, batch_size=args.batch_size,
                               max_batch_tokens=args.max_batch_tokens, max_length=args.max_length)
 
-    _, md = run_controls(scorer, spec, args.out, peers=[(m, builder(m)) for m in args.peer_model],
-                         false_alarm=args.false_alarm, perturb=list(dict.fromkeys(args.perturb)),
-                         perturb_seed=args.perturb_seed, progress=not args.no_progress)
+    controls = Controls(peers=tuple((m, builder(m)) for m in args.peer_model), peer_template=args.peer_template,
+                        false_alarm=args.false_alarm, perturb=tuple(dict.fromkeys(args.perturb)),
+                        perturb_seed=args.perturb_seed)
+    _, md = run_controls(scorer, spec, args.out, controls, progress=not args.no_progress)
     return md
 
 

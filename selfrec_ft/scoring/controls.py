@@ -21,6 +21,7 @@ import itertools
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,8 @@ def controls_markdown(controls: Mapping[str, Any], main: Mapping[str, Any] | Non
     if hfa:
         lines += ["### Hit vs false alarm (individual: \"did you write this?\")", "",
                   "Hit: share of its own summaries the judge claims (p̂(Yes) > ½); false alarm: share of other "
-                  "sources' summaries it claims; d′ = Φ⁻¹(H) − Φ⁻¹(F), log-linear corrected, per other source "
+                  "sources' summaries it claims; d′ = Φ⁻¹(H) − Φ⁻¹(F), log-linear corrected, per other "
+                  "source "
                   "(all others: their mean).", ""]
         body = [["all others", estimate(hfa["hit_rate"]), estimate(hfa["false_alarm_rate"]),
                  estimate(hfa["d_prime"], "+.2f")]]
@@ -152,15 +154,28 @@ def _rows(path: Path) -> list[dict[str, Any]]:
     return list(read_jsonl_rows(path / EXAMPLES_FILE))
 
 
-def run_controls(scorer, spec, out_dir, *, peers: Sequence[tuple[str, Callable[[], Any]]] = (),
-                 false_alarm: bool = False, perturb: Sequence[str] = (), perturb_seed: int = 0,
-                 progress: bool = True) -> tuple[dict[str, Any], str]:
-    """Run the controls of an evaluation already written to ``out_dir`` by ``scorer`` and ``spec``,
-    add ``controls`` to its report.json and the section to its report.md; returns both.
+@dataclass(frozen=True)
+class Controls:
+    """Which controls to run: ``peers`` ((name, build) pairs, ``build()`` giving the peer judge's
+    :class:`~selfrec_ft.scoring.scorer.Scorer`), the template they are asked with
+    (``peer_template``, default :data:`~selfrec_ft.scoring.baselines.PEER_TEMPLATE`),
+    ``false_alarm`` (other-vs-other pairs) and the ``perturb`` conditions with their seed."""
 
-    ``peers``: (name, build) pairs, ``build()`` giving the peer judge's
-    :class:`~selfrec_ft.scoring.scorer.Scorer` (loaded one at a time, closed after use). The self
-    judge's scorer is closed before the peers load."""
+    peers: tuple[tuple[str, Callable[[], Any]], ...] = ()
+    peer_template: str | None = None
+    false_alarm: bool = False
+    perturb: tuple[str, ...] = ()
+    perturb_seed: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.peers or self.false_alarm or self.perturb)
+
+
+def run_controls(scorer, spec, out_dir, controls: Controls, *, progress: bool = True) -> tuple[dict[str, Any], str]:
+    """Run ``controls`` beside an evaluation already written to ``out_dir`` by ``scorer`` and
+    ``spec``, add ``controls`` to its report.json and the section to its report.md; returns both.
+    Peer judges load one at a time and are closed after use; the self judge's scorer is closed
+    before the first peer loads."""
     from selfrec_ft.jsonl import atomic_write_json, atomic_write_text, read_jsonl_rows
     from selfrec_ft.scoring.baselines import PEER_TEMPLATE
     from selfrec_ft.scoring.evaluate import evaluate
@@ -169,18 +184,19 @@ def run_controls(scorer, spec, out_dir, *, peers: Sequence[tuple[str, Callable[[
     report = json.loads((out / REPORT_JSON).read_text(encoding="utf-8"))
     self_rows = list(read_jsonl_rows(out / EXAMPLES_FILE))
     tasks = tuple(t for t in spec.tasks if t != FAMILIARITY)
-    if (peers or false_alarm) and RECOGNITION not in tasks:
+    peers, perturb_seed = controls.peers, controls.perturb_seed
+    if (peers or controls.false_alarm) and RECOGNITION not in tasks:
         raise UserError("--peer-model and --false-alarm compare pairwise recognition: add pairwise-recognition "
                         "to --tasks")
     perturbed = {}
-    for kind in perturb:
+    for kind in controls.perturb:
         where = out / "perturbed" / kind
         res = evaluate(scorer, spec.replace(tasks=tasks, perturb=kind, perturb_seed=perturb_seed), where,
                        progress=progress)
         perturbed[kind] = perturbed_summary(res.report, _rows(where), kind, perturb_seed, str(where),
                                             n_resamples=spec.n_resamples, boot_seed=spec.seed)
     other_rows: list[dict[str, Any]] = []
-    if false_alarm:
+    if controls.false_alarm:
         others = report["meta"]["eval"]["others"]
         if len(others) < 2:
             raise UserError(f"--false-alarm needs at least two other sources, got {', '.join(others) or 'none'}")
@@ -197,18 +213,19 @@ def run_controls(scorer, spec, out_dir, *, peers: Sequence[tuple[str, Callable[[
             where = out / "peers" / f"{i}-{_slug(Path(name).name)}"
             judge = build()
             try:
-                evaluate(judge, spec.replace(tasks=(RECOGNITION,), templates={RECOGNITION: PEER_TEMPLATE},
-                                             perturb=None), where, progress=progress)
+                asked = {RECOGNITION: controls.peer_template or PEER_TEMPLATE}
+                evaluate(judge, spec.replace(tasks=(RECOGNITION,), templates=asked, perturb=None), where,
+                         progress=progress)
             finally:
                 judge.close()
             peer_rows[name] = _rows(where)
-    controls = controls_report(self_rows, peers=peer_rows, other_rows=other_rows, perturbed=perturbed,
-                               seed=spec.seed, n_resamples=spec.n_resamples)
+    block = controls_report(self_rows, peers=peer_rows, other_rows=other_rows, perturbed=perturbed,
+                            seed=spec.seed, n_resamples=spec.n_resamples)
     from selfrec_ft.stats import json_safe
 
-    report["controls"] = json_safe(controls)
+    report["controls"] = json_safe(block)
     md = (out / REPORT_MD).read_text(encoding="utf-8")
-    md = md.rstrip("\n") + "\n\n" + controls_markdown(controls, report) + "\n"
+    md = md.rstrip("\n") + "\n\n" + controls_markdown(block, report) + "\n"
     atomic_write_json(out / REPORT_JSON, report)
     atomic_write_text(out / REPORT_MD, md)
     return report, md
