@@ -167,9 +167,6 @@ class Controls:
     perturb: tuple[str, ...] = ()
     perturb_seed: int = 0
 
-    def __bool__(self) -> bool:
-        return bool(self.peers or self.false_alarm or self.perturb)
-
 
 def run_controls(scorer, spec, out_dir, controls: Controls, *, progress: bool = True) -> tuple[dict[str, Any], str]:
     """Run ``controls`` beside an evaluation already written to ``out_dir`` by ``scorer`` and
@@ -178,6 +175,7 @@ def run_controls(scorer, spec, out_dir, controls: Controls, *, progress: bool = 
     before the first peer loads."""
     from selfrec_ft.jsonl import atomic_write_json, atomic_write_text, read_jsonl_rows
     from selfrec_ft.scoring.baselines import PEER_TEMPLATE
+    from selfrec_ft.scoring.engine import distributed_state
     from selfrec_ft.scoring.evaluate import evaluate
 
     out = Path(out_dir)
@@ -226,6 +224,8 @@ def run_controls(scorer, spec, out_dir, controls: Controls, *, progress: bool = 
     report["controls"] = json_safe(block)
     md = (out / REPORT_MD).read_text(encoding="utf-8")
     md = md.rstrip("\n") + "\n\n" + controls_markdown(block, report) + "\n"
-    atomic_write_json(out / REPORT_JSON, report)
-    atomic_write_text(out / REPORT_MD, md)
+    state = distributed_state()
+    if state is None or state.is_main_process:  # under accelerate: one process writes, as evaluate does
+        atomic_write_json(out / REPORT_JSON, report)
+        atomic_write_text(out / REPORT_MD, md)
     return report, md
