@@ -285,3 +285,16 @@ def test_selfrec_eval_runs_every_control(tiny_model_dir, tmp_path, capsys):
     # rerun: everything resumes, nothing is scored again, the section is written once
     assert main(argv) == 0
     assert (out / "report.md").read_text().count("## Is it self-recognition?") == 1
+
+
+def test_selfrec_report_reads_other_pairs_and_refuses_peers_for_p1_files(tmp_path, capsys):
+    corpus = length_corpus(n=10)
+    mine = write_rows(tmp_path / "self.jsonl", pairwise_rows(corpus, "me", ["a", "b"], knows_itself, seed=1))
+    others = write_rows(tmp_path / "ab.jsonl", pairwise_rows(corpus, "a", ["b"], by_length, seed=0))
+    out = tmp_path / "r.json"
+    assert main(["report", str(mine), "--other-pairs", str(others), "--json", str(out), "--n-resamples", "100"]) == 0
+    assert "Other-vs-other pairs" in capsys.readouterr().out
+    op = json.loads(out.read_text())["controls"]["other_pairs"]
+    assert op["false_alarm_rate"]["mean"] == pytest.approx(0.5) and op["n_pairs"] == 10
+    assert main(["report", "--format", "p1", str(mine), "--peer", str(others)]) == 2
+    assert "--peer and --other-pairs read selfrec" in capsys.readouterr().err

@@ -57,6 +57,14 @@ def add_report_control_arguments(p: argparse.ArgumentParser) -> None:
                         "pairwise false-alarm rate")
 
 
+def check_report_controls(args: argparse.Namespace) -> None:
+    """Before any file is read: peer and other-pair rows go with selfrec rows only."""
+    if args.format != "selfrec" and (args.peer or args.other_pairs):
+        from selfrec_ft.errors import UserError
+
+        raise UserError("--peer and --other-pairs read selfrec examples.jsonl files (--format selfrec)")
+
+
 def report_controls(args: argparse.Namespace, report: dict) -> str:
     """The controls section of ``selfrec report`` (``report`` gets ``controls``); empty when there
     is nothing to show."""
@@ -64,10 +72,6 @@ def report_controls(args: argparse.Namespace, report: dict) -> str:
     from selfrec_ft.scoring.report import load_rows
     from selfrec_ft.stats import json_safe
 
-    if args.format != "selfrec" and (args.peer or args.other_pairs):
-        from selfrec_ft.errors import UserError
-
-        raise UserError("--peer and --other-pairs read selfrec examples.jsonl files (--format selfrec)")
     rows = load_rows(args.inputs, fmt=args.format, skip_first=args.skip_first)
     peers = {p: load_rows([p]) for p in args.peer}
     others = [r for p in args.other_pairs for r in load_rows([p])]

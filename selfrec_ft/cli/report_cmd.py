@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from selfrec_ft.cli.common import int_at_least
-from selfrec_ft.cli.controls_args import add_report_control_arguments, report_controls
+from selfrec_ft.cli.controls_args import add_report_control_arguments, check_report_controls, report_controls
 from selfrec_ft.defaults import REPORT_FORMATS
 from selfrec_ft.errors import UserError
 
@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from selfrec_ft.jsonl import atomic_write_json
     from selfrec_ft.scoring.report import render_markdown, report_paths
 
+    check_report_controls(args)
     report = report_paths(args.inputs, fmt=args.format, seed=args.seed, n_resamples=args.n_resamples,
                           skip_first=args.skip_first)
     md = render_markdown(report) + report_controls(args, report)
