@@ -108,6 +108,10 @@ def peer_verdict(peers: Mapping[str, Mapping[str, Any]]) -> tuple[bool, str]:
     interval lies above ½ and every peer's self − peer interval above zero."""
     if not peers:
         return False, "no peer judge: self-recognition is not tested against a peer baseline."
+    empty = [name for name, c in peers.items() if not c["difference"]["n"]]
+    if empty:
+        return False, ("no self-recognition claimed: no pair scored by both the judge and " + ", ".join(empty)
+                       + " (the peer must score the same articles and sources).")
     if not all(c.get("self_above_chance") for c in peers.values()):
         return False, ("no self-recognition claimed: the judge's own recognition interval does not lie above "
                        "chance (0.5) on the pairs the peers scored.")
