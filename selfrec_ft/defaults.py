@@ -23,6 +23,8 @@ MEASURES = {"pairwise-recognition": "recognition", "pairwise-preference": "prefe
 WORSE_QUESTION_TASK = "pairwise-preference-worse"
 """Rows of the preference pairs asked "which summary is worse?" (the preset's inverted template of that
 name), scored beside the "better" question for the question-following control (issue 23)."""
+PERTURBATIONS = ("word-shuffle", "sentence-shuffle", "truncate-to-equal-length", "lowercase-strip-punct")
+"""``selfrec eval --perturb``: what is done to the summaries of a perturbed condition (scoring/perturb.py)."""
 
 # ------------------------------------------------------------------------------ prompts and data
 DEFAULT_PRESET = "panickssery2024"

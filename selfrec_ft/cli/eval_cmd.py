@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from selfrec_ft.cli.common import int_at_least, split_list
+from selfrec_ft.cli.controls_args import add_control_arguments, run_eval_controls
 from selfrec_ft.defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_PRESET,
@@ -99,6 +100,7 @@ def register(sub) -> None:
     p.add_argument("--n-resamples", type=int_at_least(1), default=2000, help="bootstrap resamples")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="output directory")
+    add_control_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -144,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     scorer = Scorer(args.model, dtype=args.dtype, device=args.device, batch_size=args.batch_size,
                     max_batch_tokens=args.max_batch_tokens, max_length=args.max_length, base_model=args.base_model)
     result = evaluate(scorer, spec, args.out, progress=not args.no_progress, quality=quality)
+    result.markdown = run_eval_controls(args, scorer, spec, result.markdown)
     print(result.markdown, end="")
     print(f"scored {result.scored} prompts ({result.resumed} already done) -> {result.examples_path}; "
           f"report: {result.out_dir / REPORT_JSON}, {result.out_dir / REPORT_MD}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from selfrec_ft.cli.common import int_at_least
+from selfrec_ft.cli.controls_args import add_report_control_arguments, check_report_controls, report_controls
 from selfrec_ft.defaults import REPORT_FORMATS
 from selfrec_ft.errors import UserError
 
@@ -27,6 +28,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--n-resamples", type=int_at_least(1), default=2000,
                    help="bootstrap resamples (default 2000)")
+    add_report_control_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -35,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from selfrec_ft.prompts.protocol import protocols_differ_note, report_protocol
     from selfrec_ft.scoring.report import render_markdown, report_paths
 
+    check_report_controls(args)
     protocols, note = {}, None
     if args.format == "selfrec":  # each examples.jsonl's evaluation states its prompt protocol
         protocols = {str(p): report_protocol(p) for p in args.inputs}
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         report["protocols"] = protocols
     if note:
         report["protocol_note"] = note
-    print(render_markdown(report), end="")
+    print(render_markdown(report) + report_controls(args, report), end="")
     if args.json:
         try:
             atomic_write_json(args.json, report)

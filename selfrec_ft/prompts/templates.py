@@ -96,7 +96,8 @@ def available_presets() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-PAIRWISE_FIELDS = ("article", "summary1", "summary2", "source1", "source2")
+PAIRWISE_FIELDS = ("article", "summary1", "summary2", "source1", "source2", "author")
+"""``author``: the self source's name, for a peer judge asked which summary that author wrote."""
 PLACEHOLDERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     # kind: (required placeholders of `user`, allowed placeholders)
     "pairwise": (frozenset({"summary1", "summary2"}), frozenset(PAIRWISE_FIELDS)),

@@ -130,6 +130,8 @@ def evaluate(scorer: Scorer, spec: EvalSpec, out_dir: str | os.PathLike, *, prog
     }
     if spec.worse_question and "pairwise-preference" in spec.tasks:  # recorded only where it adds rows
         settings["worse_question"] = True
+    if spec.perturb is not None:  # only then: directories written before perturbations existed still resume
+        settings["perturb"] = {"kind": spec.perturb, "seed": spec.perturb_seed}
     record_settings(out / CONFIG_FILE, settings, held="this directory holds an evaluation",
                     hint="use another --out (or delete the directory) to start a new one")
     done = _existing_keys(examples)
@@ -182,10 +184,14 @@ def _write_report(out: Path, scorer: Scorer, spec: EvalSpec, items: ScoringItems
         "preset": spec.preset, "max_length": max_length, "dtype": scorer.dtype, "domain": spec.domain,
         "examples": str(examples), "chat_template": items.chat,
     }
+    if spec.perturb is not None:
+        report["meta"]["eval"]["perturb"] = {"kind": spec.perturb, "seed": spec.perturb_seed}
     report["protocol"] = protocol_record(spec.preset, spec.template_map, spec.protocol)
     md = render_markdown(report, title=f"Evaluation of {spec.self_source}")
     head, sep, rest = md.partition("\n\n")  # the protocol right under the title, before the numbers
     md = head + sep + protocol_markdown(report["protocol"]) + "\n" + rest
+    if spec.perturb is not None:
+        md += f"\nSummaries perturbed: {spec.perturb} (seed {spec.perturb_seed}), both summaries of every pair.\n"
     fit = f"{items.shortened} had their article shortened to fit max_length={max_length}" if max_length \
         else "no max_length, no article shortened"
     md += (f"\n{len(items)} prompts on {n_articles} articles; {fit}"

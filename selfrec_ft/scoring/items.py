@@ -116,8 +116,10 @@ def resolve_templates(preset: str, tasks: Sequence[str], templates: Mapping[str,
     return out
 
 
-def _pairwise_values(tmpl: TaskTemplate, article: str, s1: str, s2: str, src1: str, src2: str) -> dict[str, str]:
-    values = {"article": article, "summary1": s1, "summary2": s2, "source1": src1, "source2": src2}
+def _pairwise_values(tmpl: TaskTemplate, article: str, s1: str, s2: str, src1: str, src2: str,
+                     author: str = "") -> dict[str, str]:
+    values = {"article": article, "summary1": s1, "summary2": s2, "source1": src1, "source2": src2,
+              "author": author}
     return {k: v for k, v in values.items() if k in tmpl.fields}
 
 
@@ -334,7 +336,8 @@ def build_items(corpus: Corpus, tokenizer, spec: EvalSpec, article_ids: Sequence
                     for order in ORDERS:
                         fwd = order == "forward"
                         values = _pairwise_values(tmpl, article, own if fwd else theirs, theirs if fwd else own,
-                                                  self_source if fwd else other, other if fwd else self_source)
+                                                  self_source if fwd else other, other if fwd else self_source,
+                                                  author=self_source)
                         self_option = tmpl.answer_option(1 if fwd else 2)  # the preset's own options (A/B...)
                         jobs.append(({"task": task, "article_id": aid, "other_source": other, "order": order,
                                       "self_option": self_option}, values))

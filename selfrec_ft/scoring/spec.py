@@ -4,7 +4,8 @@ A spec names the corpus, the evaluator's own source and the sources it is compar
 the held-out articles (those after the first ``skip_first``, at most ``limit``), the prompt preset
 and variant templates (``protocol``: where the preset came from, e.g. the model's training manifest,
 :func:`~selfrec_ft.prompts.protocol.resolve_protocol`; the report states it), the domain label
-written into the rows (it also picks the familiarity prompt), and the bootstrap of the report. It never says *with what* model: that is a
+written into the rows (it also picks the familiarity prompt), the bootstrap of the report, and an
+optional perturbation of the summaries (``perturb``, seeded by ``perturb_seed``). It never says *with what* model: that is a
 :class:`~selfrec_ft.scoring.scorer.Scorer`.
 """
 
@@ -17,7 +18,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from selfrec_ft.data.corpus import Corpus, load_corpus
-from selfrec_ft.defaults import DEFAULT_PRESET, DEFAULT_TASKS, FAMILIARITY, GENERATION_TEMPLATES, TASKS
+from selfrec_ft.defaults import (
+    DEFAULT_PRESET,
+    DEFAULT_TASKS,
+    FAMILIARITY,
+    GENERATION_TEMPLATES,
+    PERTURBATIONS,
+    TASKS,
+)
 from selfrec_ft.errors import UserError
 from selfrec_ft.prompts.protocol import Protocol
 
@@ -65,6 +73,8 @@ class EvalSpec:
     n_resamples: int = 2000
     protocol: Protocol | None = None
     worse_question: bool = False  # also ask the preference pairs "which is worse?" (WORSE_QUESTION_TASK rows)
+    perturb: str | None = None  # a PERTURBATIONS name: summaries perturbed when the corpus loads
+    perturb_seed: int = 0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -87,6 +97,9 @@ class EvalSpec:
             _int("limit", self.limit, 1)
         _int("seed", self.seed, None)
         _int("n_resamples", self.n_resamples, 1)
+        _int("perturb_seed", self.perturb_seed, None)
+        if self.perturb is not None and self.perturb not in PERTURBATIONS:
+            raise UserError(f"unknown perturbation {self.perturb!r}; use one of {', '.join(PERTURBATIONS)}")
         if FAMILIARITY in self.tasks and self.domain not in GENERATION_TEMPLATES:
             raise UserError(f"familiarity needs a domain ({' or '.join(GENERATION_TEMPLATES)}) to pick the "
                             f"generation prompt, got {self.domain!r}")
@@ -109,5 +122,13 @@ class EvalSpec:
         return dict(self.templates)
 
     def load_corpus(self) -> Corpus:
-        """The corpus (loaded from its directory unless the spec holds a loaded one)."""
-        return self.corpus if isinstance(self.corpus, Corpus) else load_corpus(self.corpus)
+        """The corpus (loaded from its directory unless the spec holds a loaded one); with
+        ``perturb``, a copy whose self and other summaries are perturbed (scoring/perturb.py)."""
+        corpus = self.corpus if isinstance(self.corpus, Corpus) else load_corpus(self.corpus)
+        if self.perturb is None:
+            return corpus
+        from selfrec_ft.scoring.perturb import perturb_corpus
+
+        corpus.require_sources([self.self_source, *(self.others or ())])
+        shown = [self.self_source, *(self.others or [s for s in corpus.sources() if s != self.self_source])]
+        return perturb_corpus(corpus, self.perturb, self.perturb_seed, shown)
