@@ -106,8 +106,14 @@ def test_a_fine_tune_that_damages_the_model_is_flagged(tiny_model_dir, short_cor
     assert (tmp_path / "canary" / "step-3-in_domain.jsonl").is_file()
     d0, d3 = (s["canary"]["in_domain"]["lm_loss"]["mean"] for s in steps)
     assert math.isfinite(d3) and d3 > d0 * (1 + LOSS_RISE), (d0, d3)
-    assert report["notes"] == report["canary"]["flags"] and "LM loss" in report["notes"][0]
+    assert report["notes"][:-1] == report["canary"]["flags"] and "LM loss" in report["notes"][0]
     md = (tmp_path / "report.md").read_text()
     assert "## Capability canary" in md and "fine-tuning may have damaged the model" in md
+    # the hook's style-classifier ceiling (trained on the 4 training articles, scored on the 2 held out)
+    # stands beside the final recognition, and its verdict is the last note
+    ceiling = report["style_ceiling"]
+    assert ceiling["train_articles"] == 4 and ceiling["pairwise_accuracy"]["n"] == 2
+    assert ceiling["judge"]["mean"] == report["final"]["in_domain"]["recognition"]["mean"]
+    assert "## Style-classifier ceiling (in-domain)" in md and "style" in report["notes"][-1]
     hook = [json.loads(line) for line in (tmp_path / "selfrec_hook.jsonl").read_text().splitlines()]
     assert all(set(h["canary"]["in_domain"]) == {"lm_loss", "rouge1", "rouge2", "rougeL"} for h in hook)

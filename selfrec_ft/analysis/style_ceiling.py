@@ -178,3 +178,25 @@ def read_report(path: str | os.PathLike) -> dict[str, Any]:
         return json.loads(read_text(path, "report"))
     except json.JSONDecodeError as exc:
         raise UserError(f"malformed JSON ({exc.msg})", path, exc.lineno) from None
+
+
+def training_section(output_dir: str | os.PathLike, report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The training report's ``style_ceiling`` section: ``output_dir/style_ceiling.json`` (written by the
+    evaluation hook) with the final in-domain recognition beside it; None without that file."""
+    path = Path(output_dir) / JSON_FILE
+    if not path.is_file():
+        return None
+    result = read_report(path)
+    rec = (report.get("final") or {}).get("in_domain", {}).get("recognition")
+    judge = None
+    if rec and rec.get("mean") is not None:
+        judge = {"mean": rec["mean"], "ci95": rec.get("ci95"), "n": rec.get("n"), "from": "final.in_domain.recognition"}
+    return with_judge(result, judge)
+
+
+def render_section(section: Mapping[str, Any] | None) -> list[str]:
+    """The training report's markdown section (empty without a ceiling)."""
+    if not section:
+        return []
+    lines = render_markdown(section).splitlines()
+    return ["", "## Style-classifier ceiling (in-domain)", *lines[1:]]

@@ -176,6 +176,10 @@ class EvalHookArguments:
         default="human", metadata={"help": "The corpus source of the reference summaries."})
     hook_canary_max_new_tokens: int = field(
         default=100, metadata={"help": "Generation budget of the canary's greedy summaries."})
+    hook_style_ceiling: bool = field(
+        default=True, metadata={"help": "Before training, the style-classifier ceiling of the in-domain corpus "
+                                "(selfrec_ft.analysis.style_ceiling: trained on the training articles, scored on the "
+                                "hook's held-out ones); the training report shows it beside the judge's recognition."})
 
     def __post_init__(self) -> None:
         self.hook_tasks = split_list(self.hook_tasks) or list(DEFAULT_HOOK_TASKS)

@@ -134,6 +134,8 @@ def hook_from_args(trainer, hook_args, data_args, max_length: int | None = None)
     specs = hook_specs(hook_args, data_args)
     hook = SelfRecEvalCallback(trainer, specs, batch_size=hook_args.hook_batch_size, max_length=max_length)
     hook.canary = hook_canary(hook.scorer, hook_args, data_args, specs)
+    if getattr(hook_args, "hook_style_ceiling", False) and trainer.args.process_index == 0:
+        hook_style_ceiling(specs, hook.path.parent)
     use_compact_console(trainer)
     trainer.add_callback(hook)
     return hook
@@ -167,3 +169,24 @@ def hook_canary(scorer, hook_args, data_args, specs: Sequence[EvalSpec]):
                                  max_new_tokens=hook_args.hook_canary_max_new_tokens))
     canary = Canary(scorer.tokenizer, tasks, max_length=scorer.max_length, seed=specs[0].seed if specs else 0)
     return canary if canary.tasks else None
+
+
+def hook_style_ceiling(specs: Sequence[EvalSpec], out_dir: Path) -> None:
+    """The style-classifier ceiling of the in-domain corpus (:mod:`selfrec_ft.analysis.style_ceiling`:
+    trained on the run's training articles, scored on the hook's held-out ones) into ``out_dir``, for
+    the training report. A corpus it cannot use (too few summaries) is a warning, not a failed run."""
+    import logging
+
+    from selfrec_ft.analysis.style_ceiling import style_ceiling, write_style_ceiling
+    from selfrec_ft.errors import UserError
+
+    spec = next((s for s in specs if s.domain == "in_domain"), None)
+    if spec is None or spec.skip_first < 1:
+        return
+    try:
+        result = style_ceiling(spec.load_corpus(), spec.self_source, spec.others, train_articles=spec.skip_first,
+                               limit=spec.limit, seed=spec.seed, n_resamples=spec.n_resamples)
+    except UserError as exc:
+        logging.getLogger(__name__).warning("no style-classifier ceiling: %s", exc)
+        return
+    write_style_ceiling(result, out_dir)

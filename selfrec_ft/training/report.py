@@ -17,6 +17,9 @@ from selfrec_ft.files import save_figure
 from selfrec_ft.defaults import DOMAIN_KEYS as DOMAINS
 from selfrec_ft.defaults import HOOK_FILE, REPORT_JSON, REPORT_MD
 from selfrec_ft.jsonl import atomic_write_json, atomic_write_text, read_jsonl_rows
+from selfrec_ft.analysis.style_ceiling import render_section as render_style_section
+from selfrec_ft.analysis.style_ceiling import training_section as style_section
+from selfrec_ft.analysis.style_ceiling import verdict
 from selfrec_ft.training.canary import canary_report, plot_canary, render_canary_markdown
 
 PLOT_FILE = "recognition_preference_by_step.png"
@@ -51,6 +54,11 @@ def build_training_report(output_dir: str | Path) -> dict[str, Any] | None:
     if canary:
         report["canary"] = canary
         report.setdefault("notes", []).extend(canary["flags"])
+    ceiling = style_section(output_dir, report)
+    if ceiling:
+        report["style_ceiling"] = ceiling
+        if verdict(ceiling):
+            report.setdefault("notes", []).append(verdict(ceiling))
     return report
 
 
@@ -78,6 +86,7 @@ def render_training_markdown(report: dict[str, Any]) -> str:
     lines = ["# Self-recognition fine-tuning: recognition and preference by training step", "", STAGE_NOTE, ""]
     lines += md.table(["stage", "step", "domain", "recognition", "preference", "n pairs"], stage_rows(report))
     lines += render_canary_markdown(report.get("canary"))
+    lines += render_style_section(report.get("style_ceiling"))
     return "\n".join(lines) + "\n"
 
 
