@@ -95,11 +95,18 @@ def _train(tiny_model_dir, corpus_dir, out, lr):
     return json.loads((out / "report.json").read_text())
 
 
-def test_a_fine_tune_that_damages_the_model_is_flagged(tiny_model_dir, short_corpus_dir, tmp_path):
-    """Three full fine-tuning steps at learning rate 0.5 teach the tiny model to answer "1" or "2"
-    and wreck its language model: the canary flags it (that a small change is not flagged is
+@pytest.fixture(scope="module")
+def damaged(tiny_model_dir, short_corpus_dir, tmp_path_factory):
+    """Three full fine-tuning steps at learning rate 0.5: the tiny model learns to answer "1" or "2"
+    and its language model is wrecked."""
+    out = tmp_path_factory.mktemp("damaged")
+    return out, _train(tiny_model_dir, short_corpus_dir, out, 0.5)
+
+
+def test_a_fine_tune_that_damages_the_model_is_flagged(damaged):
+    """The canary flags the damaging fine-tune (that a small change is not flagged is
     test_flags_name_a_loss_rise_or_rouge_drop_beyond_the_thresholds)."""
-    report = _train(tiny_model_dir, short_corpus_dir, tmp_path, 0.5)
+    tmp_path, report = damaged
     steps = report["canary"]["by_step"]
     assert [s["step"] for s in steps] == [0, 3]
     assert set(steps[0]["canary"]["in_domain"]) == {"lm_loss", "rouge1", "rouge2", "rougeL"}
@@ -117,3 +124,31 @@ def test_a_fine_tune_that_damages_the_model_is_flagged(tiny_model_dir, short_cor
     assert "## Style-classifier ceiling (in-domain)" in md and "style" in report["notes"][-1]
     hook = [json.loads(line) for line in (tmp_path / "selfrec_hook.jsonl").read_text().splitlines()]
     assert all(set(h["canary"]["in_domain"]) == {"lm_loss", "rouge1", "rouge2", "rougeL"} for h in hook)
+
+
+def test_eval_checkpoints_canary_matches_the_hook_and_flags_the_damage(damaged, short_corpus_dir, tmp_path, capsys):
+    from selfrec_ft.cli import main
+    from selfrec_ft.data.corpus import write_corpus
+    from selfrec_ft.data.synth import synth_corpus
+
+    run_dir, report = damaged
+    ood = write_corpus(synth_corpus("highlights", 4, seed=9), tmp_path / "highlights")
+    argv = ["eval-checkpoints", str(run_dir), "--out-of-domain", str(ood), "--limit", "2", "--tasks",
+            "pairwise-recognition", "--canary", "--canary-articles", "4", "--canary-generate", "1", "--no-progress",
+            "--out", str(tmp_path / "t")]
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "t" / "eval_checkpoints.json").read_text())
+    assert [(r["checkpoint"] == "final", r["domain"]) for r in rows] == [
+        (False, "in_domain"), (False, "out_of_domain"), (True, "in_domain"), (True, "out_of_domain")]
+    assert all(set(r["canary"]) == {"lm_loss", "rouge1", "rouge2", "rougeL"} for r in rows)
+    # the same articles and the same weights as the hook's baseline and end-of-training canary: same loss
+    hook = {s["step"]: s["canary"]["in_domain"]["lm_loss"]["mean"] for s in report["canary"]["by_step"]}
+    assert rows[0]["canary"]["lm_loss"]["mean"] == pytest.approx(hook[0], rel=1e-4)
+    assert rows[2]["canary"]["lm_loss"]["mean"] == pytest.approx(hook[3], rel=1e-4)
+    assert any("LM loss" in n for n in rows[2]["canary_flags"]) and "canary_flags" not in rows[0]
+    md = (tmp_path / "t" / "eval_checkpoints.md").read_text()
+    assert "## Capability canary" in md and "fine-tuning may have damaged the model" in md
+    # a second call reads every canary back instead of scoring again
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("canary.json")}
+    assert len(before) == 2 and main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("canary.json")} == before

@@ -274,3 +274,96 @@ def plot_canary(ax, section: Mapping[str, Any]) -> None:
     lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     if lines:
         ax.legend(lines, [ln.get_label() for ln in lines], fontsize="small")
+
+
+# ----------------------------------------------------------------------------- eval-checkpoints --canary
+
+
+@dataclass
+class CanarySettings:
+    """``selfrec eval-checkpoints --canary``: what each (model, domain) canary scores."""
+
+    articles: int = DEFAULT_ARTICLES
+    generate: int = DEFAULT_GENERATE
+    reference: str = REFERENCE
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+
+
+CANARY_JSON = "canary.json"
+
+
+def job_canary(job, settings) -> dict[str, Any] | None:
+    """The canary of one eval-checkpoints job (:class:`selfrec_ft.sweep.checkpoints.EvalJob`) in its
+    evaluation directory (``canary.json``; greedy summaries in ``canary-<domain>.jsonl``): read back
+    when present for the same settings, else computed with the job's model. None when the corpus has
+    no reference summaries of the held-out articles."""
+    from dataclasses import asdict
+
+    from selfrec_ft.defaults import DEFAULT_BATCH_SIZE
+    from selfrec_ft.errors import UserError
+    from selfrec_ft.jsonl import atomic_write_json
+    from selfrec_ft.scoring.scorer import Scorer
+
+    target, cs = job.reuse_of or job, settings.canary
+    kind = job.spec.domain
+    if kind is None:
+        raise UserError(f"--canary needs the {job.domain.replace('_', '-')} corpus kind (short or highlights): it "
+                        f"cannot be guessed from the directory name; set --{job.domain.replace('_', '-')}-kind",
+                        job.corpus.path)
+    task = canary_task(job.corpus, job.domain, kind, skip_first=job.skip_first, preset=job.spec.preset,
+                       reference=cs.reference, articles=cs.articles, generate=cs.generate,
+                       max_new_tokens=cs.max_new_tokens)
+    if task is None:
+        return None
+    key = {**asdict(cs), "kind": kind, "model": target.model, "articles_scored": task.loss_ids}
+    path = target.out_dir / CANARY_JSON
+    if path.is_file():
+        import json
+
+        try:
+            done = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            done = {}
+        if done.get("settings") == key:
+            return done["canary"]
+    scorer = Scorer(target.model, dtype=target.dtype, device=settings.device,
+                    batch_size=settings.batch_size or DEFAULT_BATCH_SIZE, max_length=target.max_length)
+    try:
+        metrics = Canary(scorer.tokenizer, [task], max_length=scorer.max_length, seed=settings.seed).evaluate(
+            scorer, target.out_dir, "canary")[job.domain]
+    finally:
+        scorer.close()
+    atomic_write_json(path, {"settings": key, "canary": metrics})
+    return metrics
+
+
+def add_checkpoint_flags(rows: Sequence[dict[str, Any]]) -> None:
+    """Set ``row["canary_flags"]`` on the eval-checkpoints rows with a canary: each run's checkpoints
+    and final model against the base model in the same domain (else the run's first evaluation)."""
+    base = {r["domain"]: r for r in rows if r.get("run") == "base" and r.get("canary")}
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("canary") and r.get("run") != "base":
+            runs.setdefault((r["run"], r["domain"]), []).append(r)
+    for (run, dom), members in runs.items():
+        members.sort(key=lambda r: (r["checkpoint"] == "final", r["step"] if r["step"] is not None else -1))
+        first = base.get(dom) or members[0]
+        series = [{"step": first["step"], "canary": {dom: first["canary"]}}]
+        for r in members:
+            if r is first:
+                continue
+            series.append({"step": r["step"], "label": f"{run} {r['checkpoint']}", "canary": {dom: r["canary"]}})
+            r["canary_flags"] = canary_flags(series[:1] + series[-1:])
+
+
+def render_checkpoint_canary(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The eval-checkpoints canary table and its flags (empty without a canary)."""
+    with_canary = [r for r in rows if r.get("canary")]
+    if not with_canary:
+        return []
+    cells = [[r["run"], r["checkpoint"], md.DASH if r["step"] is None else str(r["step"]),
+              r["domain"].replace("_", "-"), *canary_cells(r["canary"])] for r in with_canary]
+    flags = [n for r in with_canary for n in r.get("canary_flags") or []]
+    lines = ["", "## Capability canary", "", CANARY_NOTE.replace("the first evaluation", "the base model"), ""]
+    lines += md.table(["run", "checkpoint", "step", "domain", *CANARY_HEADER], cells) + [""]
+    return lines + ([f"- **{n}**" for n in flags] or ["- no canary flag."])
