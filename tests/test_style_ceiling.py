@@ -86,3 +86,23 @@ def test_bad_input_is_one_line(corpus, tmp_path, capsys, argv, message):
 def test_sweep_analysis_refuses_style_ceiling_flags(tmp_path, capsys):
     assert main(["analyze", str(tmp_path), "--corpus", "x"]) == 2
     assert "belong to `selfrec analyze style-ceiling`" in capsys.readouterr().err
+
+
+def test_a_judge_that_picks_by_length_is_not_above_the_ceiling():
+    """Self summaries are the references padded with common words (no marker phrase): a judge that
+    picks the longer summary recognises them perfectly, and so does the style classifier, so the
+    judge's recognition is no evidence beyond style."""
+    from selfrec_ft import stats
+    from selfrec_ft.analysis.style_ceiling import verdict, with_judge
+
+    c = synth_corpus("short", 60, seed=7)
+    words = c.summaries["lead"]
+    c.add_summaries("me", {a: t + " " + " ".join(words[a].split()[:6]) for a, t in c.summaries["human"].items()})
+    held = [a.id for a in c.articles[40:]]
+    picks = [1.0 if len(c.summaries["me"][a]) > len(c.summaries["human"][a]) else 0.0 for a in held]
+    mean, (lo, hi) = stats.cluster_bootstrap_mean(picks, held, n_resamples=300)
+    assert mean == 1.0  # the length judge
+    got = with_judge(style_ceiling(c, "me", ["human"], train_articles=40, n_resamples=300),
+                     {"mean": mean, "ci95": [lo, hi], "n": len(held)})
+    assert got["pairwise_accuracy"]["mean"] == 1.0 and got["judge_above_ceiling"] is False
+    assert "no evidence of recognition beyond style" in verdict(got)

@@ -148,6 +148,7 @@ def hook_canary(scorer, hook_args, data_args, specs: Sequence[EvalSpec]):
     kind stays unknown or whose corpus lacks the reference source gets no canary (a warning says so)."""
     import logging
 
+    from selfrec_ft.errors import UserError
     from selfrec_ft.sweep.checkpoints import guess_kind
     from selfrec_ft.training.canary import Canary, canary_task
 
@@ -167,7 +168,11 @@ def hook_canary(scorer, hook_args, data_args, specs: Sequence[EvalSpec]):
                                  reference=hook_args.hook_canary_reference, articles=hook_args.hook_canary_articles,
                                  generate=hook_args.hook_canary_generate,
                                  max_new_tokens=hook_args.hook_canary_max_new_tokens))
-    canary = Canary(scorer.tokenizer, tasks, max_length=scorer.max_length, seed=specs[0].seed if specs else 0)
+    try:
+        canary = Canary(scorer.tokenizer, tasks, max_length=scorer.max_length, seed=specs[0].seed if specs else 0)
+    except UserError as exc:
+        raise UserError(f"capability canary: {exc.message} (hook_canary: false runs without it)", exc.file,
+                        exc.line) from None
     return canary if canary.tasks else None
 
 
