@@ -270,6 +270,8 @@ def plot_canary(ax, section: Mapping[str, Any]) -> None:
                           ls=styles.get(dom, ":"), label=f"{metric} {dom.replace('_', '-')}")
     ax.set_title("capability canary")
     ax.set_xlabel("training step")
+    ax.tick_params(labelleft=True)  # the row shares the 0-1 axis; ROUGE reads on it
+    ax.set_ylabel("ROUGE-L F1 of greedy summaries")
     twin.set_ylabel("LM loss on references (nats/token)")
     lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     if lines:
