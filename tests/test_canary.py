@@ -152,3 +152,12 @@ def test_eval_checkpoints_canary_matches_the_hook_and_flags_the_damage(damaged, 
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("canary.json")}
     assert len(before) == 2 and main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("canary.json")} == before
+
+
+def test_console_line_shows_the_canary():
+    from selfrec_ft.training.console import compact_line
+
+    line = compact_line({"selfrec/in_domain/recognition": 0.61, "selfrec/canary/in_domain/lm_loss": 2.5,
+                         "selfrec/canary/in_domain/rougeL": 0.25}, step=64)
+    assert line.startswith("selfrec step 64 | in-domain recognition 0.61")
+    assert "| canary in-domain lm_loss 2.5" in line and "rougeL 0.25" in line
