@@ -41,6 +41,14 @@ def register(sub) -> None:
                    help="also score the log-likelihood of each source's summaries (self minus others in the table)")
     p.add_argument("--no-worse-question", action="store_true",
                    help='do not also ask the preference pairs "which summary is worse?" (question-following gap)')
+    p.add_argument("--canary", action="store_true",
+                   help="capability canary of every model: LM loss on the reference summaries of held-out articles "
+                   "and ROUGE of its greedy summaries; a loss rise or ROUGE-L drop against the base model is flagged")
+    p.add_argument("--canary-articles", type=int_at_least(1), default=16,
+                   help="articles whose reference the canary's LM loss scores (default 16)")
+    p.add_argument("--canary-generate", type=int_at_least(0), default=4,
+                   help="of those, how many the model summarises greedily for ROUGE (default 4; 0: none)")
+    p.add_argument("--canary-reference", default="human", help="source of the reference summaries (default human)")
     p.add_argument("--no-base", action="store_true", help="do not evaluate the base model")
     p.add_argument("--final-only", action="store_true", help="only the final model (and the base), no checkpoints")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, help="default: the run's training dtype")
@@ -69,6 +77,11 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, seed=args.seed, n_resamples=args.n_resamples, progress=not args.no_progress,
         worse_question=not args.no_worse_question,
     )
+    if args.canary:
+        from selfrec_ft.training.canary import CanarySettings
+
+        settings.canary = CanarySettings(articles=args.canary_articles, generate=args.canary_generate,
+                                         reference=args.canary_reference)
     table = eval_checkpoints(args.run_dirs, settings, out=args.out, include_base=not args.no_base,
                              checkpoints=not args.final_only)
     print(table.md_path.read_text(encoding="utf-8"), end="")

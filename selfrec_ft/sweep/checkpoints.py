@@ -206,6 +206,7 @@ class EvalSettings:
     progress: bool = True
     demo_cache: str | None = None
     worse_question: bool = True  # also ask "which summary is worse?" (question-following gap)
+    canary: Any = None  # selfrec_ft.training.canary.CanarySettings: the capability canary of every evaluation
 
     @property
     def spec_tasks(self) -> tuple[str, ...]:
@@ -515,6 +516,10 @@ def run_evaluations(jobs: Sequence[EvalJob], settings: EvalSettings,
                 bar.update(1)
                 continue
             row = table_row(job, report, settings, cached)
+            if settings.canary is not None:
+                from selfrec_ft.training.canary import job_canary
+
+                row["canary"] = job_canary(job, settings)
             rows.append(row)
             if on_result is not None:
                 on_result(job, row)
@@ -558,9 +563,13 @@ def render_table_markdown(rows: Sequence[Mapping[str, Any]], title: str = "Recog
 
 def write_table(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``eval_checkpoints.json`` and ``eval_checkpoints.md`` into ``out_dir`` (atomically)."""
+    from selfrec_ft.training.canary import add_checkpoint_flags, render_checkpoint_canary
+
     out = Path(out_dir)
+    add_checkpoint_flags(rows)
     atomic_write_json(out / TABLE_JSON, list(rows))
-    atomic_write_text(out / TABLE_MD, render_table_markdown(rows))
+    atomic_write_text(out / TABLE_MD, render_table_markdown(rows) + "\n".join(render_checkpoint_canary(rows))
+                      + ("\n" if any(r.get("canary") for r in rows) else ""))
     return out / TABLE_JSON, out / TABLE_MD
 
 

@@ -165,6 +165,26 @@ class EvalHookArguments:
         default=None,
         metadata={"help": "Other sources the hook pairs with the self source (default: the training `others`)."},
     )
+    hook_in_domain_kind: str | None = field(
+        default=None, metadata={"help": "Generation template of the in-domain corpus for the canary (short / "
+                                "highlights; default: guessed from its directory name)."})
+    hook_out_of_domain_kind: str | None = field(
+        default=None, metadata={"help": "As hook_in_domain_kind, for the out-of-domain corpus."})
+    hook_canary: bool = field(
+        default=True, metadata={"help": "Capability canary at every evaluation: LM loss on the reference "
+                                "summaries and ROUGE of the model's greedy summaries (selfrec_ft.training.canary)."})
+    hook_canary_articles: int = field(
+        default=16, metadata={"help": "Held-out articles whose reference summary the canary's LM loss scores."})
+    hook_canary_generate: int = field(
+        default=4, metadata={"help": "Of those, how many the model summarises greedily for ROUGE (0: none)."})
+    hook_canary_reference: str = field(
+        default="human", metadata={"help": "The corpus source of the reference summaries."})
+    hook_canary_max_new_tokens: int = field(
+        default=100, metadata={"help": "Generation budget of the canary's greedy summaries."})
+    hook_style_ceiling: bool = field(
+        default=True, metadata={"help": "Before training, the style-classifier ceiling of the in-domain corpus "
+                                "(selfrec_ft.analysis.style_ceiling: trained on the training articles, scored on the "
+                                "hook's held-out ones); the training report shows it beside the judge's recognition."})
 
     def __post_init__(self) -> None:
         self.hook_tasks = split_list(self.hook_tasks) or list(DEFAULT_HOOK_TASKS)
@@ -483,6 +503,12 @@ def value_problems(*groups) -> list[tuple[str, str]]:
         elif isinstance(g, EvalHookArguments):
             at_least(g, "hook_limit", 1, " (or empty for all)", optional=True)
             at_least(g, "hook_batch_size", 1)
+            for name, low in (("hook_canary_articles", 1), ("hook_canary_generate", 0),
+                              ("hook_canary_max_new_tokens", 1)):
+                at_least(g, name, low)
+            for name in ("hook_in_domain_kind", "hook_out_of_domain_kind"):
+                if getattr(g, name) not in (None, *GENERATION_DOMAINS):
+                    out.append((name, f"must be one of {', '.join(GENERATION_DOMAINS)}, got {getattr(g, name)!r}"))
     return out
 
 

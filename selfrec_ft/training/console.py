@@ -32,6 +32,9 @@ def compact_line(logs: Mapping[str, Any], step: int | None = None) -> str | None
         if key.startswith(METRIC_PREFIX) and key.count("/") == 2:
             _, domain, measure = key.split("/")
             by_domain.setdefault(domain, []).append(f"{measure} {num(value)}")
+        elif key.startswith(METRIC_PREFIX + "canary/") and key.count("/") == 3:  # the capability canary
+            _, _, domain, measure = key.split("/")
+            by_domain.setdefault(f"canary {DOMAIN_LABELS.get(domain, domain)}", []).append(f"{measure} {num(value)}")
     if not by_domain:
         return None
     parts = [f"{DOMAIN_LABELS.get(d, d)} {', '.join(ms)}" for d, ms in by_domain.items()]

@@ -60,7 +60,7 @@ class SelfRecEvalCallback(TrainerCallback):
     budget; default the model's context) configure the scorer."""
 
     def __init__(self, trainer, specs: Sequence[EvalSpec], *, batch_size: int = 8, max_length: int | None = None,
-                 at_start: bool = True, at_end: bool = True):
+                 at_start: bool = True, at_end: bool = True, canary=None):
         self.trainer = trainer
         self.scorer = Scorer(trainer.model, trainer.processing_class, batch_size=batch_size, max_length=max_length)
         self.domains = [(spec, self.scorer.items(spec)) for spec in specs]
@@ -68,6 +68,7 @@ class SelfRecEvalCallback(TrainerCallback):
                                                      [spec.self_source, *items.others]) for spec, items in self.domains}
         self.path = Path(trainer.args.output_dir) / HOOK_FILE
         self.at_start, self.at_end = at_start, at_end
+        self.canary = canary  # a selfrec_ft.training.canary.Canary, or None
         self._done_steps = {int(r["step"]) for r in read_jsonl_rows(self.path)} if self.path.exists() else set()
 
     def evaluate(self, model=None) -> dict[str, Any]:
@@ -89,14 +90,24 @@ class SelfRecEvalCallback(TrainerCallback):
             return
         t0 = time.perf_counter()
         metrics = self.evaluate(model)
+        canary = None
+        if self.canary is not None:  # greedy summaries: the main process only
+            from selfrec_ft.training.canary import CANARY_DIR
+
+            canary = self.canary.evaluate(self.scorer, self.path.parent / CANARY_DIR, f"step-{state.global_step}",
+                                          generate=state.is_world_process_zero)
         self._done_steps.add(state.global_step)
         record = {"step": state.global_step, "epoch": state.epoch, "event": event, **metrics,
-                  "seconds": round(time.perf_counter() - t0, 3)}
+                  **({"canary": canary} if canary else {}), "seconds": round(time.perf_counter() - t0, 3)}
         if state.is_world_process_zero:
             with JsonlAppender(self.path) as app:
                 app.append([record])
         flat = {f"selfrec/{d}/{m}": v["mean"] for d, ms in metrics.items() for m, v in ms.items()
                 if v.get("mean") is not None}
+        if canary:
+            from selfrec_ft.training.canary import flat_metrics
+
+            flat.update(flat_metrics(canary))
         if flat:
             self.trainer.log(flat)
 
@@ -169,8 +180,67 @@ def hook_from_args(trainer, hook_args, data_args, max_length: int | None = None)
 
     if hook_args is None or not (hook_args.hook_in_domain or hook_args.hook_out_of_domain):
         return None
-    hook = SelfRecEvalCallback(trainer, hook_specs(hook_args, data_args), batch_size=hook_args.hook_batch_size,
-                               max_length=max_length)
+    specs = hook_specs(hook_args, data_args)
+    hook = SelfRecEvalCallback(trainer, specs, batch_size=hook_args.hook_batch_size, max_length=max_length)
+    hook.canary = hook_canary(hook.scorer, hook_args, data_args, specs)
+    if getattr(hook_args, "hook_style_ceiling", False) and trainer.args.process_index == 0:
+        hook_style_ceiling(specs, hook.path.parent)
     use_compact_console(trainer)
     trainer.add_callback(hook)
     return hook
+
+
+def hook_canary(scorer, hook_args, data_args, specs: Sequence[EvalSpec]):
+    """The capability canary (:mod:`selfrec_ft.training.canary`) of the hook's domains, or None when
+    ``hook_canary`` is off. A domain's corpus kind (``short`` / ``highlights``) is ``hook_<domain>_kind``,
+    else the DPO recipe's ``<domain>_style``, else guessed from the directory name; a domain whose
+    kind stays unknown or whose corpus lacks the reference source gets no canary (a warning says so)."""
+    import logging
+
+    from selfrec_ft.errors import UserError
+    from selfrec_ft.sweep.checkpoints import guess_kind
+    from selfrec_ft.training.canary import Canary, canary_task
+
+    if not getattr(hook_args, "hook_canary", False):
+        return None
+    tasks = []
+    for spec in specs:
+        corpus = spec.load_corpus()
+        kind = (getattr(hook_args, f"hook_{spec.domain}_kind", None) or getattr(data_args, f"{spec.domain}_style", None)
+                or guess_kind(str(spec.corpus)))
+        if kind is None:
+            logging.getLogger(__name__).warning(
+                "canary: cannot tell whether the %s corpus %s is short or highlights; set hook_%s_kind",
+                spec.domain, spec.corpus, spec.domain)
+            continue
+        tasks.append(canary_task(corpus, spec.domain, kind, skip_first=spec.skip_first, preset=spec.preset,
+                                 reference=hook_args.hook_canary_reference, articles=hook_args.hook_canary_articles,
+                                 generate=hook_args.hook_canary_generate,
+                                 max_new_tokens=hook_args.hook_canary_max_new_tokens))
+    try:
+        canary = Canary(scorer.tokenizer, tasks, max_length=scorer.max_length, seed=specs[0].seed if specs else 0)
+    except UserError as exc:
+        raise UserError(f"capability canary: {exc.message} (hook_canary: false runs without it)", exc.file,
+                        exc.line) from None
+    return canary if canary.tasks else None
+
+
+def hook_style_ceiling(specs: Sequence[EvalSpec], out_dir: Path) -> None:
+    """The style-classifier ceiling of the in-domain corpus (:mod:`selfrec_ft.analysis.style_ceiling`:
+    trained on the run's training articles, scored on the hook's held-out ones) into ``out_dir``, for
+    the training report. A corpus it cannot use (too few summaries) is a warning, not a failed run."""
+    import logging
+
+    from selfrec_ft.analysis.style_ceiling import style_ceiling, write_style_ceiling
+    from selfrec_ft.errors import UserError
+
+    spec = next((s for s in specs if s.domain == "in_domain"), None)
+    if spec is None or spec.skip_first < 1:
+        return
+    try:
+        result = style_ceiling(spec.load_corpus(), spec.self_source, spec.others, train_articles=spec.skip_first,
+                               limit=spec.limit, seed=spec.seed, n_resamples=spec.n_resamples)
+    except UserError as exc:
+        logging.getLogger(__name__).warning("no style-classifier ceiling: %s", exc)
+        return
+    write_style_ceiling(result, out_dir)

@@ -17,6 +17,10 @@ from selfrec_ft.files import save_figure
 from selfrec_ft.defaults import DOMAIN_KEYS as DOMAINS
 from selfrec_ft.defaults import HOOK_FILE, REPORT_JSON, REPORT_MD
 from selfrec_ft.jsonl import atomic_write_json, atomic_write_text, read_jsonl_rows
+from selfrec_ft.analysis.style_ceiling import render_section as render_style_section
+from selfrec_ft.analysis.style_ceiling import training_section as style_section
+from selfrec_ft.analysis.style_ceiling import verdict
+from selfrec_ft.training.canary import canary_report, plot_canary, render_canary_markdown
 
 PLOT_FILE = "recognition_preference_by_step.png"
 STAGE_NOTE = ("Pairwise scores on held-out articles, both orders, normalised over the options; 0.5 is "
@@ -38,7 +42,7 @@ def build_training_report(output_dir: str | Path) -> dict[str, Any] | None:
     if not records:
         return None
     first, last = records[0], records[-1]
-    return {
+    report = {
         "baseline": {"step": first["step"], **_domains(first)},
         "final": {"step": last["step"], **_domains(last)},
         # every evaluation after the baseline but the end's: checkpoint saves, and the evaluation of the
@@ -46,6 +50,16 @@ def build_training_report(output_dir: str | Path) -> dict[str, Any] | None:
         "checkpoints": [{"step": r["step"], **_domains(r)} for r in records[1:] if r.get("event") != "end"],
         "evaluations": len(records),
     }
+    canary = canary_report(records)
+    if canary:
+        report["canary"] = canary
+        report.setdefault("notes", []).extend(canary["flags"])
+    ceiling = style_section(output_dir, report)
+    if ceiling:
+        report["style_ceiling"] = ceiling
+        if verdict(ceiling):
+            report.setdefault("notes", []).append(verdict(ceiling))
+    return report
 
 
 def _fmt(m: dict[str, Any] | None) -> str:
@@ -88,6 +102,8 @@ def render_training_markdown(report: dict[str, Any]) -> str:
                       stage_rows(report))
     lines += ["", GAP_NOTE] if gap else []
     lines += final_verdicts(report) + quality_table(report)
+    lines += render_canary_markdown(report.get("canary"))
+    lines += render_style_section(report.get("style_ceiling"))
     return "\n".join(lines) + "\n"
 
 
@@ -129,6 +145,7 @@ def render_training_console(report: dict[str, Any], output_dir: str | Path) -> s
     for r in rows:
         lines.append("  " + "  ".join(c.rjust(w) if i in right else c.ljust(w)
                                       for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    lines += [f"note: {n}" for n in report.get("notes") or []]
     out = Path(output_dir)
     lines.append(f"report: {out / REPORT_MD}")
     if report.get("plot"):
@@ -146,7 +163,11 @@ def plot_by_step(output_dir: str | Path, path: str | Path | None = None) -> Path
     if not records:
         return None
     doms = [d for d in DOMAINS if any(d in r for r in records)]
-    fig, axes = plt.subplots(1, len(doms), figsize=(5.5 * len(doms), 4), squeeze=False, sharey=True)
+    canary = canary_report(records)
+    fig, axes = plt.subplots(1, len(doms) + bool(canary), figsize=(5.5 * (len(doms) + bool(canary)), 4),
+                             squeeze=False, sharey=True)
+    if canary:
+        plot_canary(axes[0][-1], canary)
     for ax, d in zip(axes[0], doms):
         for measure, colour in (("recognition", "tab:blue"), ("preference", "tab:orange")):
             pts = [(r["step"], r[d][measure]) for r in records if d in r and r[d].get(measure, {}).get("mean") is not None]

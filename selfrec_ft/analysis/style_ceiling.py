@@ -1,0 +1,202 @@
+"""The style-classifier ceiling: how well surface style alone tells the self source from the others.
+
+A judge that "recognises" its own summaries may only be spotting a salient style that anyone could
+see (Erlikhman et al. 2026 report a simple style classifier at 86% on their corpus). For each other
+source this module trains a plain text classifier — scikit-learn TF-IDF word 1-2-grams and
+character 2-4-grams (``char_wb``) feeding a logistic regression — on the **training articles** (the
+first ``train_articles`` of the corpus: the articles the judge was fine-tuned on) to tell the self
+source's summaries (label 1) from that source's (label 0). On **held-out articles** (those after
+them, at most ``limit``) it answers the judge's pairwise recognition question: of the two summaries
+of an article, the one with the larger decision value is called the self summary (a tie counts
+½). The pairwise accuracy is the mean over pairs, pooled over the other sources, with a 95% CI that
+resamples articles (:func:`selfrec_ft.stats.cluster_bootstrap_mean`). A judge whose recognition is
+at or below this ceiling shows no more than surface style; see docs/STATISTICS.md.
+
+``selfrec analyze style-ceiling`` writes ``style_ceiling.json`` and ``style_ceiling.md``; given a
+report (``selfrec eval``'s report.json, or a training report.json: its final in-domain evaluation),
+the judge's recognition stands beside the ceiling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from selfrec_ft import markdown as md
+from selfrec_ft.errors import UserError
+
+JSON_FILE = "style_ceiling.json"
+MD_FILE = "style_ceiling.md"
+MIN_TRAIN = 2
+"""Training articles with both summaries needed per other source (one example of each class is the least
+a classifier can learn from)."""
+
+
+def make_classifier(seed: int = 0):
+    """TF-IDF word 1-2-grams and character 2-4-grams, then logistic regression (scikit-learn)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline, make_union
+
+    features = make_union(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+                          TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True))
+    return make_pipeline(features, LogisticRegression(max_iter=2000, random_state=seed))
+
+
+def _pairs(corpus, self_source: str, other: str, articles) -> list[tuple[str, str, str]]:
+    """``(article_id, self text, other text)`` of the articles that have both summaries."""
+    out = []
+    for a in articles:
+        s, o = corpus.summary(a.id, self_source), corpus.summary(a.id, other)
+        if s and s.strip() and o and o.strip():
+            out.append((a.id, s, o))
+    return out
+
+
+def pairwise_correct(d_self: Sequence[float], d_other: Sequence[float]) -> list[float]:
+    """1 where the self summary has the larger decision value, 0 where the other has, ½ on a tie."""
+    return [1.0 if a > b else 0.0 if a < b else 0.5 for a, b in zip(d_self, d_other)]
+
+
+def style_ceiling(corpus, self_source: str, others: Sequence[str] | None = None, *, train_articles: int,
+                  limit: int | None = None, seed: int = 0, n_resamples: int = 2000) -> dict[str, Any]:
+    """The ceiling of ``corpus`` (see the module docstring): ``{"pairwise_accuracy": {mean, ci95, n,
+    articles}, "by_other": {source: {pairwise_accuracy, text_accuracy, train_pairs}}, ...}``."""
+    from selfrec_ft import stats
+
+    corpus.require_sources([self_source])
+    others = [s for s in corpus.sources() if s != self_source] if others is None else list(others)
+    if not others:
+        raise UserError(f"no other source to tell {self_source!r} from", corpus.path)
+    corpus.require_sources(others)
+    if train_articles < 1 or train_articles >= len(corpus.articles):
+        raise UserError(f"--train-articles must be between 1 and {len(corpus.articles) - 1} (the corpus has "
+                        f"{len(corpus.articles)} articles), got {train_articles}", corpus.path)
+    train, held = corpus.articles[:train_articles], corpus.heldout_articles(train_articles, limit)
+    by_other: dict[str, Any] = {}
+    values, clusters = [], []
+    for other in others:
+        tr, te = _pairs(corpus, self_source, other, train), _pairs(corpus, self_source, other, held)
+        if len(tr) < MIN_TRAIN or not te:
+            raise UserError(f"{self_source!r} vs {other!r}: {len(tr)} training and {len(te)} held-out articles "
+                            f"have both summaries; need at least {MIN_TRAIN} and 1", corpus.path)
+        clf = make_classifier(seed)
+        clf.fit([s for _, s, _ in tr] + [o for _, _, o in tr], [1] * len(tr) + [0] * len(tr))
+        d_self = clf.decision_function([s for _, s, _ in te])
+        d_other = clf.decision_function([o for _, _, o in te])
+        correct = pairwise_correct(d_self, d_other)
+        ids = [a for a, _, _ in te]
+        mean, (lo, hi) = stats.cluster_bootstrap_mean(correct, ids, n_resamples=n_resamples, seed=seed)
+        text_acc = (sum(d > 0 for d in d_self) + sum(d <= 0 for d in d_other)) / (2 * len(te))
+        by_other[other] = {"pairwise_accuracy": {"mean": mean, "ci95": [lo, hi], "n": len(te)},
+                           "text_accuracy": float(text_acc), "train_pairs": len(tr)}
+        values += correct
+        clusters += ids
+    mean, (lo, hi) = stats.cluster_bootstrap_mean(values, clusters, n_resamples=n_resamples, seed=seed)
+    return {"corpus": str(corpus.path) if corpus.path else None, "self_source": self_source, "others": others,
+            "train_articles": train_articles, "heldout_articles": len(held), "limit": limit,
+            "classifier": "tfidf word 1-2-grams + char_wb 2-4-grams -> logistic regression (scikit-learn)",
+            "pairwise_accuracy": {"mean": mean, "ci95": [lo, hi], "n": len(values),
+                                  "articles": stats.n_clusters(clusters)},
+            "by_other": by_other, "seed": seed, "n_resamples": n_resamples}
+
+
+def judge_recognition(report: Mapping[str, Any], path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The judge's pairwise recognition from a ``selfrec eval`` report.json (``pairwise.recognition``)
+    or a training report.json (its final in-domain evaluation), with where it came from."""
+    rec = (report.get("pairwise") or {}).get("recognition")
+    where = "pairwise.recognition"
+    if rec is None and isinstance(report.get("final"), Mapping):
+        rec, where = (report["final"].get("in_domain") or {}).get("recognition"), "final.in_domain.recognition"
+    if not rec or rec.get("mean") is None:
+        raise UserError("no pairwise recognition in this report (a selfrec eval or training report.json)", path)
+    return {"mean": rec["mean"], "ci95": rec.get("ci95"), "n": rec.get("n"), "from": where,
+            **({"report": str(path)} if path else {})}
+
+
+def with_judge(result: dict[str, Any], judge: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``result`` with the judge's recognition and its verdict against the ceiling."""
+    if judge is None:
+        return result
+    ceil = result["pairwise_accuracy"]
+    lo_j = (judge.get("ci95") or [judge["mean"]])[0]
+    hi_c = (ceil.get("ci95") or [ceil["mean"]] * 2)[1]
+    result["judge"] = dict(judge)
+    result["judge_above_ceiling"] = bool(lo_j > hi_c)
+    return result
+
+
+def verdict(result: Mapping[str, Any]) -> str | None:
+    if "judge" not in result:
+        return None
+    if result["judge_above_ceiling"]:
+        return ("The judge's recognition lies above the style classifier's ceiling (its CI's lower end above the "
+                "ceiling's upper end): more than surface style.")
+    return ("The judge's recognition does not exceed what a surface-style classifier reaches: it is no evidence "
+            "of recognition beyond style.")
+
+
+def render_markdown(result: Mapping[str, Any]) -> str:
+    lines = [f"# Style-classifier ceiling: self = {result['self_source']}", "",
+             f"A {result['classifier']} trained on the first {result['train_articles']} articles tells "
+             f"`{result['self_source']}` from each other source; on {result['heldout_articles']} held-out articles "
+             "it picks the self summary of each pair (larger decision value; a tie counts ½). 95% CIs resample "
+             "articles. 0.5 = chance.", ""]
+    rows = [[o, md.estimate(v["pairwise_accuracy"]), f"{v['text_accuracy']:.3f}", str(v["pairwise_accuracy"]["n"]),
+             str(v["train_pairs"])] for o, v in result["by_other"].items()]
+    rows.append(["**all others**", md.estimate(result["pairwise_accuracy"]), md.DASH,
+                 str(result["pairwise_accuracy"]["n"]), md.DASH])
+    lines += md.table(["other source", "pairwise accuracy [95% CI]", "text accuracy", "held-out pairs",
+                       "training pairs"], rows)
+    if "judge" in result:
+        j = result["judge"]
+        lines += ["", *md.table(["", "pairwise recognition [95% CI]", "n pairs"],
+                                [["style-classifier ceiling", md.estimate(result["pairwise_accuracy"]),
+                                  str(result["pairwise_accuracy"]["n"])],
+                                 ["judge" + (f" ({j['from']})" if j.get("from") else ""), md.estimate(j),
+                                  md.DASH if j.get("n") is None else str(j["n"])]]),
+                  "", verdict(result)]
+    return "\n".join(lines) + "\n"
+
+
+def write_style_ceiling(result: Mapping[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    from selfrec_ft.jsonl import atomic_write_json, atomic_write_text
+
+    out = Path(out_dir)
+    atomic_write_json(out / JSON_FILE, dict(result))
+    atomic_write_text(out / MD_FILE, render_markdown(result))
+    return out / JSON_FILE, out / MD_FILE
+
+
+def read_report(path: str | os.PathLike) -> dict[str, Any]:
+    from selfrec_ft.files import read_text
+
+    try:
+        return json.loads(read_text(path, "report"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"malformed JSON ({exc.msg})", path, exc.lineno) from None
+
+
+def training_section(output_dir: str | os.PathLike, report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The training report's ``style_ceiling`` section: ``output_dir/style_ceiling.json`` (written by the
+    evaluation hook) with the final in-domain recognition beside it; None without that file."""
+    path = Path(output_dir) / JSON_FILE
+    if not path.is_file():
+        return None
+    result = read_report(path)
+    rec = (report.get("final") or {}).get("in_domain", {}).get("recognition")
+    judge = None
+    if rec and rec.get("mean") is not None:
+        judge = {"mean": rec["mean"], "ci95": rec.get("ci95"), "n": rec.get("n"), "from": "final.in_domain.recognition"}
+    return with_judge(result, judge)
+
+
+def render_section(section: Mapping[str, Any] | None) -> list[str]:
+    """The training report's markdown section (empty without a ceiling)."""
+    if not section:
+        return []
+    lines = render_markdown(section).splitlines()
+    return ["", "## Style-classifier ceiling (in-domain)", *lines[1:]]

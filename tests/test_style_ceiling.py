@@ -1,0 +1,108 @@
+"""The style-classifier ceiling (selfrec_ft.analysis.style_ceiling, `selfrec analyze style-ceiling`)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from selfrec_ft.analysis.style_ceiling import style_ceiling
+from selfrec_ft.cli import main
+from selfrec_ft.data.corpus import write_corpus
+from selfrec_ft.data.synth import synth_corpus
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    c = synth_corpus("short", 40, seed=5)
+    c.add_summaries("me", {a: "Briefly, " + t for a, t in c.summaries["human"].items()})  # a visible style
+    c.add_summaries("copy", dict(c.summaries["human"]))  # the same texts as human: nothing to tell apart
+    return c
+
+
+def test_pairwise_accuracy_matches_a_classifier_built_in_the_test(corpus):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline, make_union
+
+    got = style_ceiling(corpus, "human", ["lead"], train_articles=25, n_resamples=300)
+    train, test = corpus.articles[:25], corpus.articles[25:]
+    s = corpus.summaries
+    clf = make_pipeline(make_union(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+                                   TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True)),
+                        LogisticRegression(max_iter=2000, random_state=0))
+    clf.fit([s["human"][a.id] for a in train] + [s["lead"][a.id] for a in train], [1] * 25 + [0] * 25)
+    d_h = clf.decision_function([s["human"][a.id] for a in test])
+    d_l = clf.decision_function([s["lead"][a.id] for a in test])
+    expected = np.mean(np.where(d_h > d_l, 1.0, np.where(d_h < d_l, 0.0, 0.5)))
+    acc = got["pairwise_accuracy"]
+    assert acc["mean"] == pytest.approx(expected) and acc["n"] == 15 and acc["articles"] == 15
+    assert acc["ci95"][0] <= acc["mean"] <= acc["ci95"][1]
+    assert got["by_other"]["lead"]["train_pairs"] == 25
+    text_acc = (np.sum(d_h > 0) + np.sum(d_l <= 0)) / 30
+    assert got["by_other"]["lead"]["text_accuracy"] == pytest.approx(text_acc)
+
+
+def test_a_visible_style_is_found_and_identical_texts_are_chance(corpus):
+    got = style_ceiling(corpus, "me", ["human", "copy"], train_articles=30, n_resamples=300)
+    # "Briefly, " + the reference vs the reference: always told apart
+    assert got["by_other"]["human"]["pairwise_accuracy"]["mean"] == 1.0
+    tie = style_ceiling(corpus, "copy", ["human"], train_articles=30, n_resamples=300)
+    assert tie["pairwise_accuracy"]["mean"] == 0.5 and tie["pairwise_accuracy"]["ci95"] == [0.5, 0.5]
+    # pooled over the others: the mean over all pairs, each article a cluster of two pairs
+    assert got["pairwise_accuracy"]["n"] == 20 and got["pairwise_accuracy"]["articles"] == 10
+
+
+def test_cli_writes_json_and_markdown_with_the_judge_beside_it(corpus, tmp_path, capsys):
+    cdir = write_corpus(corpus, tmp_path / "c")
+    report = tmp_path / "eval" / "report.json"
+    report.parent.mkdir()
+    report.write_text(json.dumps({"pairwise": {"recognition": {"mean": 0.62, "ci95": [0.55, 0.69], "n": 10}}}))
+    rc = main(["analyze", "style-ceiling", "--corpus", str(cdir), "--self-source", "me", "--others", "human",
+               "--train-articles", "30", "--report", str(report), "--n-resamples", "200"])
+    assert rc == 0
+    out = json.loads((tmp_path / "eval" / "style_ceiling.json").read_text())
+    assert out["judge"]["mean"] == 0.62 and out["judge_above_ceiling"] is False
+    md = (tmp_path / "eval" / "style_ceiling.md").read_text()
+    assert "| human | 1.000 [1.000, 1.000]" in md and "| judge (pairwise.recognition) | 0.620 [0.550, 0.690] | 10 |" in md
+    assert "no evidence of recognition beyond style" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--self-source", "me", "--train-articles", "3"], "needs --corpus"),
+    (["--self-source", "nobody", "--train-articles", "3"], "nobody"),
+    (["--self-source", "me", "--train-articles", "40"], "--train-articles must be between 1 and 39"),
+])
+def test_bad_input_is_one_line(corpus, tmp_path, capsys, argv, message):
+    cdir = write_corpus(corpus, tmp_path / "c")
+    if "--self-source" in argv and "needs --corpus" not in message:
+        argv = ["--corpus", str(cdir), *argv]
+    assert main(["analyze", "style-ceiling", *argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_sweep_analysis_refuses_style_ceiling_flags(tmp_path, capsys):
+    assert main(["analyze", str(tmp_path), "--corpus", "x"]) == 2
+    assert "belong to `selfrec analyze style-ceiling`" in capsys.readouterr().err
+
+
+def test_a_judge_that_picks_by_length_is_not_above_the_ceiling():
+    """Self summaries are the references padded with common words (no marker phrase): a judge that
+    picks the longer summary recognises them perfectly, and so does the style classifier, so the
+    judge's recognition is no evidence beyond style."""
+    from selfrec_ft import stats
+    from selfrec_ft.analysis.style_ceiling import verdict, with_judge
+
+    c = synth_corpus("short", 60, seed=7)
+    words = c.summaries["lead"]
+    c.add_summaries("me", {a: t + " " + " ".join(words[a].split()[:6]) for a, t in c.summaries["human"].items()})
+    held = [a.id for a in c.articles[40:]]
+    picks = [1.0 if len(c.summaries["me"][a]) > len(c.summaries["human"][a]) else 0.0 for a in held]
+    mean, (lo, hi) = stats.cluster_bootstrap_mean(picks, held, n_resamples=300)
+    assert mean == 1.0  # the length judge
+    got = with_judge(style_ceiling(c, "me", ["human"], train_articles=40, n_resamples=300),
+                     {"mean": mean, "ci95": [lo, hi], "n": len(held)})
+    assert got["pairwise_accuracy"]["mean"] == 1.0 and got["judge_above_ceiling"] is False
+    assert "no evidence of recognition beyond style" in verdict(got)
