@@ -387,10 +387,6 @@ def plan_evaluations(runs: Sequence[RunDir], settings: EvalSettings, base_root: 
     corpora now, before anything is scored."""
     corpora = corpora or CorpusCache(settings.demo_cache)
     targets = [(run, _target(settings, run)) for run in runs]  # every run's corpora checked up front
-    for name in dict.fromkeys(preset_name(run.preset) for run in runs):  # the prompts, said once per preset
-        with_it = [run for run in runs if preset_name(run.preset) == name]
-        where = with_it[0].path / MANIFEST_FILE if len(with_it) == 1 else f"the training manifests of {len(with_it)} runs"
-        print(f"prompts: preset {name}, from {where}", file=sys.stderr)
     jobs = _base_jobs(runs, settings, Path(base_root), corpora) if base_root is not None else []
     for run, target in targets:
         cks = list(run.checkpoints) if checkpoints else []
@@ -408,6 +404,10 @@ def plan_evaluations(runs: Sequence[RunDir], settings: EvalSettings, base_root: 
                 run_jobs.append(job)
         run_jobs.sort(key=lambda j: (j.checkpoint == FINAL, j.step if j.step is not None else -1))
         jobs.extend(run_jobs)
+    for name in dict.fromkeys(preset_name(run.preset) for run in runs):  # every check passed: the prompts,
+        with_it = [run for run in runs if preset_name(run.preset) == name]  # said once per preset
+        where = with_it[0].path / MANIFEST_FILE if len(with_it) == 1 else f"the training manifests of {len(with_it)} runs"
+        print(f"prompts: preset {name}, from {where}", file=sys.stderr)
     return jobs
 
 
