@@ -260,13 +260,14 @@ def test_minimal_run_writes_the_shift(tiny_model_dir, short_corpus_dir, tmp_path
                     num_candidates=4, max_new_tokens=10, eval_limit=3, bootstrap_resamples=200,
                     generation_batch_size=32)
     # the random tiny model never ends a summary: every candidate runs into max_new_tokens and is dropped
-    with pytest.raises(UserError, match="no usable DPO pair"):
+    with pytest.raises(UserError, match="no usable DPO pair") as err:
         run_attribute_dpo(AttributeDPOArguments(**dpo_args), *_configs(tiny_model_dir, out), teardown=False)
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     cands = read_jsonl_rows(out / "candidates" / "candidates.jsonl")
     cut = sum(len(tok(r["summary"], add_special_tokens=False)["input_ids"]) >= 10 for r in cands)
     assert len(cands) == 5 * 4 and cut > 0
     assert json.loads((out / "matching.json").read_text())["candidates"]["truncated_dropped"] == cut
+    assert f"; {cut} of the sampled candidates reached max_new_tokens 10 and were dropped" in str(err.value)
 
     dpo_args["drop_truncated"] = False  # same candidates (reused), all kept
     training_args, model_args = _configs(tiny_model_dir, out, max_steps=1, per_device_train_batch_size=4)

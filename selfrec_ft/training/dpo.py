@@ -283,9 +283,11 @@ class _Run:
             atomic_write_text(self.out / PAIRS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n"
                                                              for r in selection.dataset.to_list()))
         if matching["n_pairs"] == 0:
+            cut = (f"; {n_truncated} of the sampled candidates reached max_new_tokens {a.max_new_tokens} and were "
+                   "dropped as truncated: raise max_new_tokens") if n_truncated else ""
             raise UserError(f"no usable DPO pair: no two candidates of one article differ in {self.prop.name!r} in "
                             f"the {a.direction} direction (see {self.out / MATCHING_FILE}); raise num_candidates or "
-                            "sample_temperature, or lower min_gap")
+                            f"sample_temperature, or lower min_gap{cut}")
         logger.info("%d DPO pairs from %d articles", matching["n_pairs"], matching["n_articles_used"])
         return selection, matching
 
