@@ -1,0 +1,68 @@
+"""Copy the SmolLM2 run's small reports into docs/results/smollm2-135m-instruct/ and print the
+README's results table (base vs fine-tuned and controls, per other source, both domains).
+
+Only report.md, report.json and PNG plots are copied: never examples.jsonl or anything holding
+article or summary text. Run from the repository root after run_all.sh:
+    python recipes/smollm2-135m-instruct/collect.py [OUT] [DEST]
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from selfrec_ft import markdown as md
+
+OUT = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/smollm2-135m-instruct")
+DEST = Path(sys.argv[2] if len(sys.argv) > 2 else "docs/results/smollm2-135m-instruct")
+EVALS = [  # (row label, evaluation directory under OUT)
+    ("base, small-chat preset", "base/{d}"),
+    ("base, P1's preset", "base_p1_preset/{d}"),
+    ("LoRA, self labels", "xsum_lora/eval_{d}"),
+    ("control: length labels", "xsum_lora_length/eval_{d}"),
+    ("control: random labels", "xsum_lora_random/eval_{d}"),
+    ("control: always 1", "xsum_lora_always_1/eval_{d}"),
+]
+DOMAINS = {"xsum": "XSUM (in-domain)", "cnn": "CNN/DM (out-of-domain)"}
+KEEP = ("report.md", "report.json")
+
+
+def copy_reports() -> None:
+    for path in sorted(OUT.rglob("*")):
+        if path.is_file() and (path.name in KEEP or path.suffix == ".png") and "checkpoint-" not in str(path):
+            target = DEST / path.relative_to(OUT)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+
+
+def bias(block: dict) -> str:
+    pos = block.get("position") or {}
+    return f"{pos.get('always_1', 0):.2f} / {pos.get('always_2', 0):.2f}"
+
+
+def main() -> None:
+    copy_reports()
+    rows, per_source = [], []
+    for label, pattern in EVALS:
+        for d, domain in DOMAINS.items():
+            f = OUT / pattern.format(d=d) / "report.json"
+            if not f.is_file():
+                continue
+            r = json.loads(f.read_text())
+            rec, pref = r["pairwise"]["recognition"], r["pairwise"]["preference"]
+            ind = (r.get("individual") or {}).get("recognition", {}).get("pooled")
+            rows.append([label, domain, md.estimate(rec), md.estimate(pref), md.num(rec.get("mean_option_mass"), ".2f"),
+                         bias(rec), md.estimate(ind, key="ratio") if ind else "–", str(rec["n_articles"])])
+            for other, b in rec["by_source"].items():
+                per_source.append([label, domain, other, md.estimate(b),
+                                   md.estimate(pref["by_source"].get(other))])
+    print("\n".join(md.table(["evaluator", "scored on", "pairwise recognition", "pairwise preference", "option mass",
+                              "always 1 / always 2 (recognition)", "individual recognition ratio", "articles"], rows)))
+    print()
+    print("\n".join(md.table(["evaluator", "scored on", "other source", "recognition", "preference"], per_source)))
+
+
+if __name__ == "__main__":
+    main()
