@@ -153,8 +153,8 @@ def test_attribute_dpo_runs_in_bf16(tiny_model_dir, short_corpus_dir, tmp_path):
     from selfrec_ft.training.dpo import run_attribute_dpo
 
     out = tmp_path / "run"
-    dpo_args = AttributeDPOArguments(corpus=str(short_corpus_dir), self_source="lead", n_articles=3,
-                                     num_candidates=4, max_new_tokens=10, eval_limit=2, bootstrap_resamples=100,
+    dpo_args = AttributeDPOArguments(corpus=str(short_corpus_dir), self_source="lead", n_articles=4,
+                                     num_candidates=8, max_new_tokens=10, eval_limit=2, bootstrap_resamples=100,
                                      generation_batch_size=32, drop_truncated=False)
     training_args = DPOConfig(output_dir=str(out), use_cpu=True, bf16=True, activation_checkpointing=False,
                               max_length=1024, per_device_train_batch_size=4, learning_rate=5e-2, max_steps=1,
