@@ -393,8 +393,10 @@ def test_a_judge_trained_to_recognise_its_own_text_copies_the_answer(tiny_model_
     assert final["recognition"]["mean"] > base["recognition"]["mean"] + 0.25, (base, final)
     qf = final["question_following"]
     lo, hi = qf["ci95"]
-    assert lo <= 0 <= hi and abs(qf["better"] - qf["worse"]) < 0.15, qf
-    assert "interval includes 0" in (out / "report.md").read_text()
+    # the judge names its own summary under both questions: the gap is ~0 (a saturated judge can give
+    # +0.001 [0.000, 0.002]); a judge that followed the question would show a gap near 2·(better − ½)
+    assert qf["answer_copying"] and hi < 0.15 and abs(qf["better"] - qf["worse"]) < 0.15, qf
+    assert qf["better"] > 0.75 and "answer-copying" in (out / "report.md").read_text()
 
     capsys.readouterr()
     assert main(["eval", "--model", str(out), "--corpus", str(corpus_dir), "--self-source", "me", "--others", "lead",
@@ -403,7 +405,8 @@ def test_a_judge_trained_to_recognise_its_own_text_copies_the_answer(tiny_model_
     ev = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert ev["meta"]["eval"]["articles"] == 6  # the held-out articles (the training ones skipped)
     gap = ev["question_following"]["gap"]
-    assert gap["ci95"][0] <= 0 <= gap["ci95"][1] and gap["mean"] == pytest.approx(qf["mean"], abs=1e-6)
+    assert ev["question_following"]["answer_copying"] and gap["ci95"][1] < 0.15
+    assert gap["mean"] == pytest.approx(qf["mean"], abs=1e-6)
     md = (tmp_path / "eval" / "report.md").read_text()
-    assert "## Question-following (better vs worse)" in md and "interval includes 0" in md
+    assert "## Question-following (better vs worse)" in md and "answer-copying" in md
     assert "## Quality-aware self-preference" in md and ev["quality_preference"]["dbg"]["n"] == 6
