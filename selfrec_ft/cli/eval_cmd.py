@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from selfrec_ft.files import writable_dir
     from selfrec_ft.models.loading import check_model_dir
     from selfrec_ft.prompts.protocol import resolve_protocol
+    from selfrec_ft.prompts.templates import load_preset
     from selfrec_ft.scoring.heldout import resolve_heldout
     from selfrec_ft.scoring.spec import EvalSpec
 
@@ -134,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
                     domain=args.domain, seed=args.seed, n_resamples=args.n_resamples,
                     worse_question=not args.no_worse_question)
     quality = _quality(args, corpus, spec, held)
+    load_preset(protocol.preset)  # an unknown preset or a broken preset file: one line, before loading
     check_model_dir(args.model)
     # every cheap check done: say what is used and loaded before torch and transformers are imported
     protocol.announce()
