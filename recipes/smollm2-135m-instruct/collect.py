@@ -19,6 +19,7 @@ OUT = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/smollm2-135m-instruct"
 DEST = Path(sys.argv[2] if len(sys.argv) > 2 else "docs/results/smollm2-135m-instruct")
 EVALS = [  # (row label, evaluation directory under OUT)
     ("base, small-chat preset", "base/{d}"),
+    ("base, the first 24 of those articles", "base24/{d}"),
     ("base, P1's preset", "base_p1_preset/{d}"),
     ("LoRA, self labels", "xsum_lora/eval_{d}"),
     ("control: length labels", "xsum_lora_length/eval_{d}"),
