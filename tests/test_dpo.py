@@ -257,7 +257,7 @@ def test_minimal_run_writes_the_shift(tiny_model_dir, short_corpus_dir, tmp_path
     out = tmp_path / "run"
     # `lead` plays the corpus's own summaries of the evaluator: left out of the others, scored by the hook
     dpo_args = dict(corpus=str(short_corpus_dir), out_of_domain=str(ood), self_source="lead", n_articles=5,
-                    num_candidates=4, max_new_tokens=10, eval_limit=3, bootstrap_resamples=200,
+                    num_candidates=8, max_new_tokens=10, eval_limit=3, bootstrap_resamples=200,
                     generation_batch_size=32)
     # the random tiny model never ends a summary: every candidate runs into max_new_tokens and is dropped
     with pytest.raises(UserError, match="no usable DPO pair") as err:
@@ -265,7 +265,7 @@ def test_minimal_run_writes_the_shift(tiny_model_dir, short_corpus_dir, tmp_path
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     cands = read_jsonl_rows(out / "candidates" / "candidates.jsonl")
     cut = sum(len(tok(r["summary"], add_special_tokens=False)["input_ids"]) >= 10 for r in cands)
-    assert len(cands) == 5 * 4 and cut > 0
+    assert len(cands) == 5 * 8 and cut > 0
     assert json.loads((out / "matching.json").read_text())["candidates"]["truncated_dropped"] == cut
     assert f"; {cut} of the sampled candidates reached max_new_tokens 10 and were dropped" in str(err.value)
 
