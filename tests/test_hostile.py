@@ -209,7 +209,7 @@ def test_multi_token_options_fail_pairs_with_a_tokenizer_exactly_as_eval(tmp_pat
     ("pairwise-recognition", "user", lambda t: t.replace("{summary2}", ""),
      "missing placeholder {summary2}; pairwise templates need {summary1} and {summary2}"),
     ("pairwise-preference", "user", lambda t: t.replace("{summary1}", "{sumary1}"),
-     "unknown placeholder {sumary1}; pairwise templates may use {article}, {source1}, {source2}, {summary1}, "
+     "unknown placeholder {sumary1}; pairwise templates may use {article}, {author}, {source1}, {source2}, {summary1}, "
      "{summary2}"),
     ("individual-recognition", "user", lambda t: t.replace("{summary}", "{summary1}"),
      "unknown placeholder {summary1}; individual templates may use {article}, {summary}"),
