@@ -241,3 +241,14 @@ def load_yaml(path: str | os.PathLike, what: str = "YAML file") -> tuple[Any, di
     if not path.is_file():
         raise UserError(f"{what} not found" if not path.exists() else f"{what} is not a file", path)
     return parse_yaml(read_text(path, what), path)
+
+
+def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    """The hex sha256 of a file's bytes, read in blocks (corpus files, GGUF files, steering vectors)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()

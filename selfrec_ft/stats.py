@@ -239,3 +239,18 @@ def json_safe(obj):
     if isinstance(obj, (float, np.floating)):
         return finite_or_none(obj)
     return obj
+
+
+def mean_block(values: Sequence[float], clusters: Sequence[Hashable], seed: int = 0,
+               n_resamples: int = 2000) -> dict:
+    """``{"mean", "ci95", "n", "n_articles"}`` with an article-clustered bootstrap interval (None, with
+    a ``ci_note``, from fewer than :data:`MIN_CLUSTERS_CI` articles; ``mean`` None without values):
+    the block every control's report entry is made of."""
+    k = n_clusters(clusters)
+    if len(values) == 0:
+        return {"mean": None, "ci95": None, "n": 0, "n_articles": 0}
+    m, (lo, hi) = cluster_bootstrap_mean(values, clusters, n_resamples=n_resamples, seed=seed)
+    out: dict = {"mean": m, "ci95": [lo, hi], "n": len(values), "n_articles": k}
+    if k < MIN_CLUSTERS_CI:
+        out["ci95"], out["ci_note"] = None, too_few_clusters_note(k)
+    return out

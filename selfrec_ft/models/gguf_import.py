@@ -18,7 +18,6 @@ Nothing else in the toolkit learns about GGUF: every other command takes the mod
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from selfrec_ft.errors import UserError
+from selfrec_ft.files import sha256_file
 
 PROVENANCE = "gguf_import.json"
 GGUF_MAGIC = b"GGUF"
@@ -48,12 +48,6 @@ class GgufSource:
     path_in_package: str | None = None
 
 
-def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def package_gguf(package: str, choice: str | None = None) -> GgufSource:

@@ -25,7 +25,7 @@ this module computes both from ``examples.jsonl`` rows (nothing is trusted but t
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,7 @@ from selfrec_ft.scoring.metrics import TIE_TOLERANCE, individual_values, pairwis
 from selfrec_ft.stats import (
     MIN_CLUSTERS_CI,
     cluster_bootstrap_interval,
-    cluster_bootstrap_mean,
+    mean_block,
     n_clusters,
     too_few_clusters_note,
 )
@@ -47,18 +47,6 @@ def _cluster(d: Mapping[str, Any]) -> tuple:
     return (d.get("domain"), str(d["article_id"]))
 
 
-def mean_block(values: Sequence[float], clusters: Sequence[Hashable], seed: int = 0,
-               n_resamples: int = 2000) -> dict[str, Any]:
-    """``{"mean", "ci95", "n", "n_articles"}`` with an article-clustered bootstrap interval (none,
-    with a ``ci_note``, from fewer than 5 articles; ``mean`` None without values)."""
-    k = n_clusters(clusters)
-    if len(values) == 0:
-        return {"mean": None, "ci95": None, "n": 0, "n_articles": 0}
-    m, (lo, hi) = cluster_bootstrap_mean(values, clusters, n_resamples=n_resamples, seed=seed)
-    out: dict[str, Any] = {"mean": m, "ci95": [lo, hi], "n": len(values), "n_articles": k}
-    if k < MIN_CLUSTERS_CI:
-        out["ci95"], out["ci_note"] = None, too_few_clusters_note(k)
-    return out
 
 
 # ----------------------------------------------------------------------------- peer baseline

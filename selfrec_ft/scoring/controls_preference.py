@@ -36,7 +36,7 @@ from selfrec_ft.errors import UserError
 from selfrec_ft.prompts.templates import TaskTemplate, load_preset
 from selfrec_ft.scoring.metrics import pairwise_scores
 from selfrec_ft.scoring.quality import QualityReference
-from selfrec_ft.stats import MIN_CLUSTERS_CI, cluster_bootstrap_mean, n_clusters, too_few_clusters_note
+from selfrec_ft.stats import mean_block
 
 PREFERENCE_TASK = "pairwise-preference"
 SHARE_MIN_EXCESS = 0.02
@@ -53,17 +53,6 @@ def _cluster(s: Mapping[str, Any]) -> tuple:
     return (s.get("domain"), str(s["article_id"]))
 
 
-def mean_block(values: Sequence[float], clusters: Sequence, seed: int, n_resamples: int) -> dict[str, Any]:
-    """``{"mean", "ci95", "n", "n_articles"}`` with an article-clustered bootstrap interval (None and
-    a ``ci_note`` from fewer than 5 articles; mean None without values)."""
-    k = n_clusters(clusters)
-    if not values:
-        return {"mean": None, "ci95": None, "n": 0, "n_articles": 0}
-    m, (lo, hi) = cluster_bootstrap_mean(values, clusters, n_resamples=n_resamples, seed=seed)
-    out: dict[str, Any] = {"mean": m, "ci95": [lo, hi], "n": len(values), "n_articles": k}
-    if k < MIN_CLUSTERS_CI:
-        out["ci95"], out["ci_note"] = None, too_few_clusters_note(k)
-    return out
 
 
 def preference_scores(rows: Sequence[Mapping[str, Any]], worse: bool = False) -> dict[tuple, dict[str, Any]]:

@@ -22,16 +22,11 @@ from typing import Any
 
 CONFIG_FILE = "resolved_config.yaml"
 from selfrec_ft.defaults import MANIFEST_FILE  # noqa: E402
+from selfrec_ft.files import sha256_file  # noqa: E402,F401  (callers use mf.sha256_file)
 LIBRARIES = ("selfrec_ft", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes",
              "tokenizers")
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sha256_rows(dataset, columns=("prompt", "completion")) -> str:
