@@ -44,8 +44,8 @@ selfrec eval --model $MODEL --corpus $X --skip-first $N_TRAIN --domain short --p
 step "LoRA SFT: recognise its own XSUM summaries"
 python recipes/selfrec_sft.py --config $R/xsum_lora.yaml --model_name_or_path $MODEL --output_dir $OUT/xsum_lora
 step "fine-tuned: in-domain (XSUM) and out-of-domain (CNN); the preset comes from the training manifest"
-selfrec eval --model $OUT/xsum_lora --corpus $X --domain short --prompt-preset small-chat $EV --out $OUT/xsum_lora/eval_xsum
-selfrec eval --model $OUT/xsum_lora --corpus $C --domain highlights --prompt-preset small-chat $EV --out $OUT/xsum_lora/eval_cnn
+selfrec eval --model $OUT/xsum_lora --corpus $X --domain short $EV --out $OUT/xsum_lora/eval_xsum
+selfrec eval --model $OUT/xsum_lora --corpus $C --domain highlights $EV --out $OUT/xsum_lora/eval_cnn
 [ "$STAGE" = all ] || { step "core done: $OUT/{base,xsum_lora}/**/report.md"; exit 0; }
 
 for c in length random always_1; do
