@@ -174,3 +174,54 @@ def test_the_cpu_only_bitsandbytes_notice_is_dropped_and_nothing_else(monkeypatc
     finally:
         log.removeHandler(handler)
     assert seen == ["another bitsandbytes warning", notice]
+
+
+def test_hook_hit_false_alarm_and_perturbed_condition_match_eval(loaded, short_corpus_dir, ood_corpus_dir, tmp_path):
+    """With the individual task and hook_perturb, every evaluation holds hit / false-alarm rates and
+    the perturbed condition; they equal an independent computation from `selfrec eval`'s rows, and
+    the training report shows them."""
+    from selfrec_ft.jsonl import read_jsonl_rows
+    from selfrec_ft.scoring.evaluate import evaluate
+    from selfrec_ft.scoring.scorer import Scorer
+
+    model, tok = loaded
+    tasks = ["pairwise-recognition", "pairwise-preference", "individual-recognition"]
+    specs = [s.replace(tasks=tasks) for s in hook_specs(short_corpus_dir, ood_corpus_dir)]
+    trainer = FakeTrainer(model, tok, tmp_path)
+    cb = SelfRecEvalCallback(trainer, specs, batch_size=4, perturb=["word-shuffle"], perturb_seed=3)
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    for step, event in [(0, cb.on_train_begin), (2, cb.on_train_end)]:
+        event(args, SimpleNamespace(global_step=step, epoch=step / 2, is_world_process_zero=True), None, model=model)
+    rec = read_hook_records(tmp_path)[-1]["in_domain"]
+    assert {"hit_rate", "false_alarm_rate", "d_prime"} <= set(rec)
+    assert rec["perturbed"]["word-shuffle"]["seed"] == 3
+    logged = trainer.logged[-1]
+    assert "selfrec/in_domain/hit_rate" in logged and "selfrec/in_domain/perturbed/word-shuffle/recognition" in logged
+
+    # independent: the claims straight from `selfrec eval`'s individual rows (p(Yes)/(p(Yes)+p(No)) > 1/2)
+    spec = specs[0].replace(domain=None)
+    evaluate(Scorer(model, tok), spec, tmp_path / "eval", progress=False)
+    rows = [r for r in read_jsonl_rows(tmp_path / "eval" / "examples.jsonl") if r["task"] == "individual-recognition"]
+    claimed = {True: [], False: []}
+    for r in rows:
+        p = r["probs"]["Yes"] / (r["probs"]["Yes"] + r["probs"]["No"])
+        claimed[r["target_source"] == "lead"].append(1.0 if p > 0.5 else 0.0)
+    assert rec["hit_rate"]["mean"] == pytest.approx(sum(claimed[True]) / len(claimed[True]))
+    assert rec["false_alarm_rate"]["mean"] == pytest.approx(sum(claimed[False]) / len(claimed[False]))
+    res = evaluate(Scorer(model, tok), spec.replace(perturb="word-shuffle", perturb_seed=3), tmp_path / "pert",
+                   progress=False)
+    for m in ("recognition", "preference"):
+        assert rec["perturbed"]["word-shuffle"][m]["mean"] == pytest.approx(res.report["pairwise"][m]["mean"], abs=1e-6)
+
+    md = (tmp_path / "report.md").read_text() if write_training_report(tmp_path) else ""
+    assert "| stage | domain | condition | recognition | preference | hit rate | false-alarm rate | d′ |" in md
+    assert "| final | in-domain | word-shuffle (seed 3) |" in md
+    assert "| baseline | out-of-domain | none |" in md
+
+
+def test_hook_perturb_unknown_kind_is_one_line():
+    from selfrec_ft.training.args import EvalHookArguments, value_problems
+
+    problems = value_problems(EvalHookArguments(hook_perturb="word-shuffle,shuffle-everything"))
+    assert problems == [("hook_perturb", "unknown perturbation 'shuffle-everything'; use word-shuffle, "
+                         "sentence-shuffle, truncate-to-equal-length, lowercase-strip-punct")]

@@ -31,6 +31,7 @@ from selfrec_ft.defaults import (
     DPO_DIRECTIONS,
     GENERATION_DOMAINS,
     LABEL_TIES,
+    PERTURBATIONS,
 )
 from selfrec_ft.defaults import LABEL_STRATEGIES as STRATEGIES
 from selfrec_ft.errors import UserError
@@ -186,9 +187,18 @@ class EvalHookArguments:
                                 "(selfrec_ft.analysis.style_ceiling: trained on the training articles, scored on the "
                                 "hook's held-out ones); the training report shows it beside the judge's recognition."})
 
+    hook_perturb: list[str] | None = field(
+        default=None,
+        metadata={"help": "Perturbed conditions scored at every evaluation beside the plain pairs (word-shuffle, "
+                  "sentence-shuffle, truncate-to-equal-length, lowercase-strip-punct; a list or a comma-separated "
+                  "string): both summaries of every held-out pair perturbed (selfrec_ft.scoring.perturb). "
+                  "Add individual-recognition to hook_tasks for hit and false-alarm rates."})
+    hook_perturb_seed: int = field(default=0, metadata={"help": "Seed of the hook's perturbations."})
+
     def __post_init__(self) -> None:
         self.hook_tasks = split_list(self.hook_tasks) or list(DEFAULT_HOOK_TASKS)
         self.hook_others = split_list(self.hook_others)
+        self.hook_perturb = split_list(self.hook_perturb)
 
 
 @dataclass
@@ -509,6 +519,10 @@ def value_problems(*groups) -> list[tuple[str, str]]:
             for name in ("hook_in_domain_kind", "hook_out_of_domain_kind"):
                 if getattr(g, name) not in (None, *GENERATION_DOMAINS):
                     out.append((name, f"must be one of {', '.join(GENERATION_DOMAINS)}, got {getattr(g, name)!r}"))
+            bad = [k for k in g.hook_perturb or () if k not in PERTURBATIONS]
+            if bad:
+                out.append(("hook_perturb", f"unknown perturbation {', '.join(map(repr, bad))}; use "
+                            f"{', '.join(PERTURBATIONS)}"))
     return out
 
 

@@ -54,16 +54,50 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def summarise_rows(report: dict[str, Any], rows, seed: int = 0, n_resamples: int = HOOK_RESAMPLES) -> dict[str, Any]:
+    """:func:`summarise`, plus ``hit_rate``, ``false_alarm_rate`` and ``d_prime`` (each a block with an
+    article-clustered CI) when the rows hold the individual task ("did you write this?") for the self
+    and another source (:func:`selfrec_ft.scoring.baselines.hit_false_alarm`)."""
+    from selfrec_ft.scoring.baselines import hit_false_alarm
+
+    out = summarise(report)
+    hfa = hit_false_alarm(rows, seed=seed, n_resamples=n_resamples)
+    if hfa:
+        out.update({k: hfa[k] for k in ("hit_rate", "false_alarm_rate", "d_prime")})
+    return out
+
+
+def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """What the hook logs through ``trainer.log``: ``selfrec/<domain>/<measure>`` (every block with a
+    mean) and ``selfrec/<domain>/perturbed/<kind>/<measure>``."""
+    flat = {}
+    for d, ms in metrics.items():
+        for m, v in ms.items():
+            if m == "perturbed":
+                flat.update({f"selfrec/{d}/perturbed/{kind}/{pm}": pv["mean"] for kind, block in v.items()
+                             for pm, pv in block.items() if isinstance(pv, dict) and pv.get("mean") is not None})
+            elif isinstance(v, dict) and v.get("mean") is not None:
+                flat[f"selfrec/{d}/{m}"] = v["mean"]
+    return flat
+
+
 class SelfRecEvalCallback(TrainerCallback):
     """See the module docstring. ``specs`` are one :class:`EvalSpec` per domain (``spec.domain`` is
     the domain's name, ``in_domain`` / ``out_of_domain``); ``batch_size`` and ``max_length`` (prompt
     budget; default the model's context) configure the scorer."""
 
     def __init__(self, trainer, specs: Sequence[EvalSpec], *, batch_size: int = 8, max_length: int | None = None,
-                 at_start: bool = True, at_end: bool = True, canary=None):
+                 at_start: bool = True, at_end: bool = True, canary=None, perturb: Sequence[str] = (),
+                 perturb_seed: int = 0):
         self.trainer = trainer
         self.scorer = Scorer(trainer.model, trainer.processing_class, batch_size=batch_size, max_length=max_length)
         self.domains = [(spec, self.scorer.items(spec)) for spec in specs]
+        # perturbed conditions (scoring/perturb.py): the same held-out pairs with both summaries perturbed,
+        # asked the same questions ("better" only), at every evaluation
+        self.perturbed = [(spec.domain, kind, spec, self.scorer.items(
+            spec.replace(perturb=kind, perturb_seed=perturb_seed, worse_question=False)))
+            for spec in specs for kind in perturb]
+        self.perturb_seed = perturb_seed
         self.quality = {spec.domain: default_quality(spec.load_corpus(), spec.tasks, items.article_ids,
                                                      [spec.self_source, *items.others]) for spec, items in self.domains}
         self.path = Path(trainer.args.output_dir) / HOOK_FILE
@@ -81,8 +115,14 @@ class SelfRecEvalCallback(TrainerCallback):
         for spec, items in self.domains:
             rows = self.scorer.score_items(items, desc=f"hook {spec.domain}")
             report = compute_report(rows, seed=spec.seed, n_resamples=spec.n_resamples)
-            out[spec.domain] = summarise(add_preference_controls(report, rows, spec.seed, spec.n_resamples,
-                                                                 self.quality.get(spec.domain)))
+            out[spec.domain] = summarise_rows(add_preference_controls(report, rows, spec.seed, spec.n_resamples,
+                                                                      self.quality.get(spec.domain)),
+                                             rows, spec.seed, spec.n_resamples)
+        for domain, kind, spec, items in self.perturbed:
+            rows = self.scorer.score_items(items, desc=f"hook {domain} {kind}")
+            block = summarise_rows(compute_report(rows, seed=spec.seed, n_resamples=spec.n_resamples), rows,
+                                   spec.seed, spec.n_resamples)
+            out[domain].setdefault("perturbed", {})[kind] = {"seed": self.perturb_seed, **block}
         return out
 
     def _run(self, state, model, event: str) -> None:
@@ -102,12 +142,11 @@ class SelfRecEvalCallback(TrainerCallback):
         if state.is_world_process_zero:
             with JsonlAppender(self.path) as app:
                 app.append([record])
-        flat = {f"selfrec/{d}/{m}": v["mean"] for d, ms in metrics.items() for m, v in ms.items()
-                if v.get("mean") is not None}
+        flat = flat_metrics(metrics)
         if canary:
-            from selfrec_ft.training.canary import flat_metrics
+            from selfrec_ft.training.canary import flat_metrics as canary_metrics
 
-            flat.update(flat_metrics(canary))
+            flat.update(canary_metrics(canary))
         if flat:
             self.trainer.log(flat)
 
@@ -181,7 +220,9 @@ def hook_from_args(trainer, hook_args, data_args, max_length: int | None = None)
     if hook_args is None or not (hook_args.hook_in_domain or hook_args.hook_out_of_domain):
         return None
     specs = hook_specs(hook_args, data_args)
-    hook = SelfRecEvalCallback(trainer, specs, batch_size=hook_args.hook_batch_size, max_length=max_length)
+    hook = SelfRecEvalCallback(trainer, specs, batch_size=hook_args.hook_batch_size, max_length=max_length,
+                               perturb=getattr(hook_args, "hook_perturb", None) or (),
+                               perturb_seed=getattr(hook_args, "hook_perturb_seed", 0))
     hook.canary = hook_canary(hook.scorer, hook_args, data_args, specs)
     if getattr(hook_args, "hook_style_ceiling", False) and trainer.args.process_index == 0:
         hook_style_ceiling(specs, hook.path.parent)

@@ -101,7 +101,7 @@ def render_training_markdown(report: dict[str, Any]) -> str:
     lines += md.table(["stage", "step", "domain", "recognition", "preference", "n pairs"] + (GAP_HEADER if gap else []),
                       stage_rows(report))
     lines += ["", GAP_NOTE] if gap else []
-    lines += final_verdicts(report) + quality_table(report)
+    lines += final_verdicts(report) + quality_table(report) + controls_table(report)
     lines += render_canary_markdown(report.get("canary"))
     lines += render_style_section(report.get("style_ceiling"))
     return "\n".join(lines) + "\n"
@@ -122,6 +122,33 @@ def quality_table(report: dict[str, Any]) -> list[str]:
     return ["", f"Quality-aware self-preference ({reference}): P(self picked) where the self summary is better "
                 "(justified) / worse (harmful); DBG gap = self-preference minus the quality reference's.", ""] + \
         md.table(["stage", "domain", "justified", "harmful", "DBG gap"], rows)
+
+
+CONTROLS_NOTE = ("Is it self-recognition? Hit: share of its own summaries the judge claims when asked \"did you "
+                 "write this?\" (p̂(Yes) > ½); false alarm: share of the other sources' summaries it claims; "
+                 "d′ = Φ⁻¹(H) − Φ⁻¹(F) (log-linear corrected). Perturbed: the same held-out pairs with both "
+                 "summaries perturbed (hook_perturb). 95% CIs resample articles.")
+
+
+def controls_table(report: dict[str, Any]) -> list[str]:
+    """Hit vs false-alarm rate (individual task) and the perturbed conditions of the baseline and the
+    final model, per domain: one row per condition (``none`` = the plain pairs)."""
+    rows = []
+    for stage in ("baseline", "final"):
+        for d in DOMAINS:
+            r = report[stage].get(d) or {}
+            conditions = [("none", r)] + [(f"{k} (seed {p.get('seed', 0)})", p)
+                                          for k, p in (r.get("perturbed") or {}).items()]
+            if len(conditions) == 1 and "hit_rate" not in r:
+                continue
+            for name, c in conditions:
+                rows.append([stage, d.replace("_", "-"), name, _fmt(c.get("recognition")), _fmt(c.get("preference")),
+                             md.estimate(c.get("hit_rate")), md.estimate(c.get("false_alarm_rate")),
+                             md.estimate(c.get("d_prime"), "+.2f")])
+    if not rows:
+        return []
+    return ["", CONTROLS_NOTE, ""] + md.table(
+        ["stage", "domain", "condition", "recognition", "preference", "hit rate", "false-alarm rate", "d′"], rows)
 
 
 def final_verdicts(report: dict[str, Any]) -> list[str]:
