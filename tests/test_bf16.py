@@ -186,3 +186,25 @@ def test_cpu_keeps_bf16_only_over_bfloat16_weights(tmp_path):
     assert cpu_precision(over_bf16, "bfloat16") is None and over_bf16.bf16 is True
     fp16 = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, fp16=True, report_to="none")
     assert "turned off" in cpu_precision(fp16, "bfloat16") and fp16.fp16 is False
+
+
+def test_bf16_scores_counts_argmax_flips():
+    """benchmarks/bf16_scores.py's compare: |Δp| and the rows whose most likely option differs."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bf16_scores.py"
+    spec = importlib.util.spec_from_file_location("bf16_scores", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def row(i, yes, no):
+        return {"task": "individual-recognition", "article_id": str(i), "target_source": "a", "self_source": "a",
+                "probs": {"Yes": yes, "No": no}}
+
+    a = [row(0, 0.6, 0.3), row(1, 0.2, 0.7), row(2, 0.5, 0.1)]
+    b = [row(0, 0.4, 0.45), row(1, 0.25, 0.7), row(2, 0.5, 0.1)]
+    out = mod.compare(a, b)
+    assert out["rows"] == 3 and out["argmax_flips"] == 1  # row 0: Yes -> No
+    assert out["max_abs_diff_prob"] == pytest.approx(0.2)
+    assert out["pair_choice_flips"] == {}

@@ -4,15 +4,16 @@
 # rerun the script). Run from the repository root, after `selfrec corpus import-p1 P1_CLONE --out data/p1`.
 #   bash recipes/smollm2-135m-instruct/run_all.sh            # core: data, base eval, LoRA, eval (~1 h on 2 cores)
 #   bash recipes/smollm2-135m-instruct/run_all.sh all        # + controls, sweep, steering, DPO (several hours)
-#   bash recipes/smollm2-135m-instruct/run_all.sh controls   # one later stage (controls, sweep, steering, dpo,
-#                                                            # control-cnn) once core is done
+#   bash recipes/smollm2-135m-instruct/run_all.sh controls   # one later stage (controls, checks, sweep, steering,
+#                                                            # dpo, control-cnn) once core is done
 # Environment: MODEL (default models/smollm2-135m-instruct), OUT (default outputs/smollm2-135m-instruct),
 # LIMIT (held-out articles per domain, default 48), FT_LIMIT (of the fine-tuned evaluations, default 24),
 # STEER_LIMIT (articles per domain at each steering value, default 16), DTYPE (float32).
 set -euo pipefail
 STAGE=${1:-core}
-case "$STAGE" in core|all|controls|sweep|steering|dpo|control-cnn) ;;
-  *) echo "error: unknown stage '$STAGE': use core, all, controls, sweep, steering, dpo or control-cnn" >&2; exit 2;; esac
+case "$STAGE" in core|all|controls|checks|sweep|steering|dpo|control-cnn) ;;
+  *) echo "error: unknown stage '$STAGE': use core, all, controls, checks, sweep, steering, dpo or control-cnn" >&2
+     exit 2;; esac
 MODEL=${MODEL:-models/smollm2-135m-instruct}
 OUT=${OUT:-outputs/smollm2-135m-instruct}
 LIMIT=${LIMIT:-48}
@@ -66,6 +67,20 @@ for c in random always_1 length; do
 done
 }
 
+checks() {  # is it self-recognition? the fine-tuned judge against the controls of issue 23; bf16 vs float32
+step "style-classifier ceiling (XSUM, trained on the $N_TRAIN training articles) beside the judge"
+selfrec analyze style-ceiling --corpus $X --self-source $SELF --train-articles $N_TRAIN --limit $FT_LIMIT \
+  --report $OUT/xsum_lora/eval_xsum/report.json --out $OUT/xsum_lora/style_ceiling
+step "hit vs false alarm, other-vs-other pairs, perturbed summaries (XSUM, $FT_LIMIT articles)"
+selfrec eval --model $OUT/xsum_lora --corpus $X --domain short --self-source $SELF --limit $FT_LIMIT --max-length 1024 \
+  --dtype $DTYPE --no-progress --tasks pairwise-recognition,pairwise-preference,individual-recognition --false-alarm \
+  --perturb word-shuffle --perturb truncate-to-equal-length --out $OUT/xsum_lora/eval_xsum_controls
+step "bf16 vs float32 scores of the fine-tuned judge (|dp|, argmax and pair-choice flips, speed)"
+python benchmarks/bf16_scores.py --model $OUT/xsum_lora --corpus $X --self-source $SELF --skip-first $N_TRAIN \
+  --limit $FT_LIMIT --prompt-preset small-chat --tasks pairwise-recognition,pairwise-preference \
+  --json $OUT/xsum_lora/bf16_scores.json
+}
+
 control_cnn() {
 for c in random always_1 length; do
   step "control out-of-domain: labels=$c"
@@ -98,7 +113,7 @@ selfrec analyze $OUT/sweep
 
 case "$STAGE" in
   core) core ;;
-  all) core; controls; sweep; steering; dpo; control_cnn ;;
+  all) core; controls; checks; sweep; steering; dpo; control_cnn ;;
   control-cnn) control_cnn ;;
   *) "$STAGE" ;;
 esac
