@@ -161,3 +161,13 @@ def test_console_line_shows_the_canary():
                          "selfrec/canary/in_domain/rougeL": 0.25}, step=64)
     assert line.startswith("selfrec step 64 | in-domain recognition 0.61")
     assert "| canary in-domain lm_loss 2.5" in line and "rougeL 0.25" in line
+
+
+def test_flags_are_one_note_per_domain_and_metric_naming_the_first_and_last_flagged_step():
+    def rec(step, loss):
+        return {"step": step, "canary": {"in_domain": {"lm_loss": {"mean": loss}, "rougeL": {"mean": 0.4}}}}
+
+    notes = canary_flags([rec(0, 1.0), rec(5, 3.0), rec(10, 1.1), rec(15, 4.0)])
+    assert len(notes) == 1
+    assert "step 5, in-domain" in notes[0] and "+200.0%" in notes[0] and "1.000 -> 3.000" in notes[0]
+    assert "flagged at 2 evaluations, the last step 15 (4.000, +300.0%)" in notes[0]

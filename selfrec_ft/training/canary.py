@@ -199,26 +199,36 @@ def _change(base: Mapping | None, cur: Mapping | None) -> float | None:
 
 
 def canary_flags(series: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Notes for every evaluation after the first (``{"step", "canary": {domain: metrics}}``) whose
-    LM loss rose more than :data:`LOSS_RISE` or whose ROUGE-L fell more than :data:`ROUGE_DROP`
-    (relative to the first evaluation's)."""
+    """Notes on the evaluations after the first (``{"step", "canary": {domain: metrics}}``) whose LM
+    loss rose more than :data:`LOSS_RISE` or whose ROUGE-L fell more than :data:`ROUGE_DROP` (relative
+    to the first evaluation's): one note per domain and metric, naming the first flagged evaluation
+    and, when later ones are flagged too, the last of them and how many."""
     if not series:
         return []
-    base, notes = series[0]["canary"], []
+    base = series[0]["canary"]
+    flagged: dict[tuple[str, str], list[tuple[str, float, float]]] = {}
     for rec in series[1:]:
         for dom, cur in rec["canary"].items():
-            where = f"{rec.get('label') or 'step ' + str(rec['step'])}, {dom.replace('_', '-')}"
+            where = rec.get("label") or f"step {rec['step']}"
             b = base.get(dom) or {}
             rise = _change(b.get("lm_loss"), cur.get("lm_loss"))
             if rise is not None and rise > LOSS_RISE:
-                notes.append(f"capability canary ({where}): LM loss on the reference summaries rose "
-                             f"{md.pct(rise)} ({b['lm_loss']['mean']:.3f} -> {cur['lm_loss']['mean']:.3f}; "
-                             f"flagged above +{LOSS_RISE:.0%}): fine-tuning may have damaged the model")
+                flagged.setdefault((dom, "lm_loss"), []).append((where, rise, cur["lm_loss"]["mean"]))
             drop = _change(b.get("rougeL"), cur.get("rougeL"))
             if drop is not None and -drop > ROUGE_DROP:
-                notes.append(f"capability canary ({where}): ROUGE-L of its greedy summaries fell {md.pct(drop)} "
-                             f"({b['rougeL']['mean']:.3f} -> {cur['rougeL']['mean']:.3f}; flagged below "
-                             f"-{ROUGE_DROP:.0%}): fine-tuning may have damaged the model")
+                flagged.setdefault((dom, "rougeL"), []).append((where, drop, cur["rougeL"]["mean"]))
+    notes = []
+    for (dom, metric), hits in flagged.items():
+        (where, change, value), b = hits[0], base[dom][metric]["mean"]
+        what, verb, limit = (("LM loss on the reference summaries", "rose", f"above +{LOSS_RISE:.0%}")
+                             if metric == "lm_loss" else
+                             ("ROUGE-L of its greedy summaries", "fell", f"below -{ROUGE_DROP:.0%}"))
+        later = ""
+        if len(hits) > 1:
+            w, c, v = hits[-1]
+            later = f"; flagged at {len(hits)} evaluations, the last {w} ({v:.3f}, {md.pct(c)})"
+        notes.append(f"capability canary ({where}, {dom.replace('_', '-')}): {what} {verb} {md.pct(change)} "
+                     f"({b:.3f} -> {value:.3f}; flagged {limit}{later}): fine-tuning may have damaged the model")
     return notes
 
 

@@ -55,12 +55,19 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def summarise_rows(report: dict[str, Any], rows, seed: int = 0, n_resamples: int = HOOK_RESAMPLES) -> dict[str, Any]:
-    """:func:`summarise`, plus ``hit_rate``, ``false_alarm_rate`` and ``d_prime`` (each a block with an
-    article-clustered CI) when the rows hold the individual task ("did you write this?") for the self
-    and another source (:func:`selfrec_ft.scoring.baselines.hit_false_alarm`)."""
+    """:func:`summarise`, plus, when the rows hold the individual task ("did you write this?") for the
+    self and another source: ``hit_rate``, ``false_alarm_rate`` and ``d_prime`` (claims at p̂(Yes) > ½,
+    each a block with an article-clustered CI; :func:`selfrec_ft.scoring.baselines.hit_false_alarm`) and
+    the threshold-free ``individual_ratio`` (P1's pooled p̂(Yes) ratio self/(self+other) with its CI,
+    and ``auroc``)."""
     from selfrec_ft.scoring.baselines import hit_false_alarm
 
     out = summarise(report)
+    ind = (report.get("individual") or {}).get("recognition") or {}
+    pooled = ind.get("pooled") or {}
+    if pooled.get("ratio") is not None:  # threshold-free: p̂(Yes) self / (self + other), and the AUROC
+        out["individual_ratio"] = {"mean": pooled["ratio"], "ci95": pooled.get("ci95"), "n": pooled.get("n"),
+                                   "auroc": ind.get("auroc_pooled")}
     hfa = hit_false_alarm(rows, seed=seed, n_resamples=n_resamples)
     if hfa:
         out.update({k: hfa[k] for k in ("hit_rate", "false_alarm_rate", "d_prime")})

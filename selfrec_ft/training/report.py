@@ -126,8 +126,10 @@ def quality_table(report: dict[str, Any]) -> list[str]:
 
 CONTROLS_NOTE = ("Is it self-recognition? Hit: share of its own summaries the judge claims when asked \"did you "
                  "write this?\" (p̂(Yes) > ½); false alarm: share of the other sources' summaries it claims; "
-                 "d′ = Φ⁻¹(H) − Φ⁻¹(F) (log-linear corrected). Perturbed: the same held-out pairs with both "
-                 "summaries perturbed (hook_perturb). 95% CIs resample articles.")
+                 "d′ = Φ⁻¹(H) − Φ⁻¹(F) (log-linear corrected). Threshold-free: P1's individual ratio "
+                 "p̂(Yes|self) / (p̂(Yes|self) + p̂(Yes|other)) and the AUROC of p̂(Yes) (self vs other; 0.5 = "
+                 "chance). Perturbed: the same held-out pairs with both summaries perturbed (hook_perturb). "
+                 "95% CIs resample articles.")
 
 
 def controls_table(report: dict[str, Any]) -> list[str]:
@@ -142,13 +144,16 @@ def controls_table(report: dict[str, Any]) -> list[str]:
             if len(conditions) == 1 and "hit_rate" not in r:
                 continue
             for name, c in conditions:
+                ratio = c.get("individual_ratio") or {}
                 rows.append([stage, d.replace("_", "-"), name, _fmt(c.get("recognition")), _fmt(c.get("preference")),
                              md.estimate(c.get("hit_rate")), md.estimate(c.get("false_alarm_rate")),
-                             md.estimate(c.get("d_prime"), "+.2f")])
+                             md.estimate(c.get("d_prime"), "+.2f"), md.estimate(ratio),
+                             md.num(ratio.get("auroc"))])
     if not rows:
         return []
     return ["", CONTROLS_NOTE, ""] + md.table(
-        ["stage", "domain", "condition", "recognition", "preference", "hit rate", "false-alarm rate", "d′"], rows)
+        ["stage", "domain", "condition", "recognition", "preference", "hit rate", "false-alarm rate", "d′",
+         "individual ratio", "AUROC"], rows)
 
 
 def final_verdicts(report: dict[str, Any]) -> list[str]:
