@@ -208,13 +208,19 @@ def test_hook_hit_false_alarm_and_perturbed_condition_match_eval(loaded, short_c
         claimed[r["target_source"] == "lead"].append(1.0 if p > 0.5 else 0.0)
     assert rec["hit_rate"]["mean"] == pytest.approx(sum(claimed[True]) / len(claimed[True]))
     assert rec["false_alarm_rate"]["mean"] == pytest.approx(sum(claimed[False]) / len(claimed[False]))
+    from sklearn.metrics import roc_auc_score  # the threshold-free AUROC of p(Yes), self vs other
+
+    p_yes = [r["probs"]["Yes"] / (r["probs"]["Yes"] + r["probs"]["No"]) for r in rows]
+    auroc = roc_auc_score([r["target_source"] == "lead" for r in rows], p_yes)
+    assert rec["individual_ratio"]["auroc"] == pytest.approx(auroc)
     res = evaluate(Scorer(model, tok), spec.replace(perturb="word-shuffle", perturb_seed=3), tmp_path / "pert",
                    progress=False)
     for m in ("recognition", "preference"):
         assert rec["perturbed"]["word-shuffle"][m]["mean"] == pytest.approx(res.report["pairwise"][m]["mean"], abs=1e-6)
 
     md = (tmp_path / "report.md").read_text() if write_training_report(tmp_path) else ""
-    assert "| stage | domain | condition | recognition | preference | hit rate | false-alarm rate | d′ |" in md
+    assert ("| stage | domain | condition | recognition | preference | hit rate | false-alarm rate | d′ | "
+            "individual ratio | AUROC |") in md
     assert "| final | in-domain | word-shuffle (seed 3) |" in md
     assert "| baseline | out-of-domain | none |" in md
 
