@@ -27,7 +27,8 @@ EVALS = [  # (row label, evaluation directory under OUT)
     ("control: always 1", "xsum_lora_always_1/eval_{d}"),
 ]
 DOMAINS = {"xsum": "XSUM (in-domain)", "cnn": "CNN/DM (out-of-domain)"}
-KEEP = ("report.md", "report.json")
+KEEP = ("report.md", "report.json", "style_ceiling.md", "style_ceiling.json", "bf16_scores.json", "steer.md",
+        "steer.json", "directions.md", "analysis.json")  # reports only: no examples, generations or summaries
 
 
 def copy_reports() -> None:
