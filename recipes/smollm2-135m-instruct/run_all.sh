@@ -61,7 +61,7 @@ step "core done: $OUT/{base,xsum_lora}/**/report.md"
 }
 
 controls() {  # same data, model, steps and hook as xsum_lora; labels that teach no recognition
-for c in random always_1 length; do
+for c in random length always_1; do
   step "control: labels=$c"
   python recipes/selfrec_sft.py --config $R/xsum_lora_$c.yaml --model_name_or_path $MODEL --output_dir $OUT/xsum_lora_$c
   selfrec eval --model $OUT/xsum_lora_$c --corpus $X --domain short $FT --out $OUT/xsum_lora_$c/eval_xsum
@@ -83,7 +83,7 @@ python benchmarks/bf16_scores.py --model $OUT/xsum_lora --corpus $X --self-sourc
 }
 
 control_cnn() {
-for c in random always_1 length; do
+for c in random length always_1; do
   step "control out-of-domain: labels=$c"
   selfrec eval --model $OUT/xsum_lora_$c --corpus $C --domain highlights $FT --out $OUT/xsum_lora_$c/eval_cnn
 done
