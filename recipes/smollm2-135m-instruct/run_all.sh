@@ -99,6 +99,7 @@ for k in authorship random; do
   selfrec steer sweep $SR --directions $OUT/steer/directions --out-of-domain $C --limit $STEER_LIMIT \
     --mode add --target other --kind $k --norm-of authorship --values 0,8 --out $OUT/steer/add_$k
 done
+for d in scale add_authorship add_random; do selfrec analyze $OUT/steer/$d; done   # each value's paired shift
 }
 
 dpo() {
