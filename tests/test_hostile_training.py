@@ -434,3 +434,22 @@ def test_fuzz_subset_runs_clean(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.splitlines()[-1] == "5 cases: 5 clean errors, 0 tracebacks, 0 silently wrong"
+
+
+def test_the_dpo_log_handler_writes_to_the_current_stderr(monkeypatch):
+    """`selfrec dpo` run in-process after an earlier run's stderr was replaced and closed: its log lines
+    go to the stderr of now (a handler bound to the old stream printed "--- Logging error ---")."""
+    import io
+    import logging
+    import sys
+
+    from selfrec_ft.scripts.dpo import CurrentStderrHandler
+
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    handler = CurrentStderrHandler()
+    first.close()
+    now = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", now)
+    handler.emit(logging.LogRecord("selfrec_ft", logging.INFO, __file__, 1, "CPU run", None, None))
+    assert now.getvalue() == "CPU run\n"

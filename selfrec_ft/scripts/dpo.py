@@ -39,6 +39,21 @@ def make_parser(subparsers=None, prog: str | None = None):
     return TrlParser(dataclass_types, prog=prog, description=DESCRIPTION)
 
 
+class CurrentStderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is when a record is emitted, not the
+    stream it was created with: ``selfrec dpo`` run in-process again (tests, notebooks) after the
+    first run's stderr was replaced and closed otherwise ends in "--- Logging error --- I/O
+    operation on closed file" on the next log line."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the current stderr is used instead
+        pass
+
+
 def train(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Parse ``argv`` strictly, run attribute DPO with its before/after measurements, print the
     summary; a bad argument raises :class:`~selfrec_ft.errors.UserError`."""
@@ -50,7 +65,7 @@ def train(argv: list[str] | None = None, prog: str | None = None) -> int:
     log = logging.getLogger("selfrec_ft")
     log.setLevel(logging.INFO)
     if not log.handlers:
-        log.addHandler(logging.StreamHandler())
+        log.addHandler(CurrentStderrHandler())
     parser = make_parser(prog=prog)
     dpo_args, training_args, model_args, hook_args = parse_args_and_config_strict(
         parser, argv, default_config(argv, DEMO_CONFIG))
