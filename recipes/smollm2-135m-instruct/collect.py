@@ -28,7 +28,7 @@ EVALS = [  # (row label, evaluation directory under OUT)
 ]
 DOMAINS = {"xsum": "XSUM (in-domain)", "cnn": "CNN/DM (out-of-domain)"}
 KEEP = ("report.md", "report.json", "style_ceiling.md", "style_ceiling.json", "bf16_scores.json", "steer.md",
-        "steer.json", "directions.md", "analysis.json")  # reports only: no examples, generations or summaries
+        "steer.json", "directions.md", "analysis.json", "shift.md", "shift.json")  # reports only: no examples, generations or summaries
 
 
 def copy_reports() -> None:
