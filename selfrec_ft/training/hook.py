@@ -35,10 +35,16 @@ HOOK_RESAMPLES = 1000
 """Bootstrap resamples of the hook's intervals."""
 
 
-def summarise(report: dict[str, Any]) -> dict[str, Any]:
+def summarise(report: dict[str, Any], rows=(), seed: int = 0, n_resamples: int = HOOK_RESAMPLES) -> dict[str, Any]:
     """``{"recognition": {mean, ci95, n, accuracy, invalid, position_biased}, "preference": {...},
     "question_following": {mean, ci95, n, n_articles, better, worse, answer_copying, verdict}}`` (the last with
-    worse-question rows: mean = the better − worse gap)."""
+    worse-question rows: mean = the better − worse gap). With the individual task ("did you write this?")
+    for the self and another source: the threshold-free ``individual_ratio`` (P1's pooled p̂(Yes) ratio
+    self/(self+other) with its CI, and ``auroc``) and, from ``rows``, ``hit_rate``, ``false_alarm_rate``
+    and ``d_prime`` (claims at p̂(Yes) > ½, article-clustered CIs;
+    :func:`selfrec_ft.scoring.baselines.hit_false_alarm`)."""
+    from selfrec_ft.scoring.baselines import hit_false_alarm
+
     out = {}
     for key in ("recognition", "preference"):
         r = report.get("pairwise", {}).get(key)
@@ -51,30 +57,18 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
     qa = report.get("quality_preference")
     if qa:  # harmful vs justified self-preference against the quality reference (no top-level mean: not logged)
         out["quality_preference"] = {k: qa[k] for k in ("reference", "justified", "harmful", "dbg")}
-    return out
-
-
-def summarise_rows(report: dict[str, Any], rows, seed: int = 0, n_resamples: int = HOOK_RESAMPLES) -> dict[str, Any]:
-    """:func:`summarise`, plus, when the rows hold the individual task ("did you write this?") for the
-    self and another source: ``hit_rate``, ``false_alarm_rate`` and ``d_prime`` (claims at p̂(Yes) > ½,
-    each a block with an article-clustered CI; :func:`selfrec_ft.scoring.baselines.hit_false_alarm`) and
-    the threshold-free ``individual_ratio`` (P1's pooled p̂(Yes) ratio self/(self+other) with its CI,
-    and ``auroc``)."""
-    from selfrec_ft.scoring.baselines import hit_false_alarm
-
-    out = summarise(report)
     ind = (report.get("individual") or {}).get("recognition") or {}
     pooled = ind.get("pooled") or {}
-    if pooled.get("ratio") is not None:  # threshold-free: p̂(Yes) self / (self + other), and the AUROC
+    if pooled.get("ratio") is not None:
         out["individual_ratio"] = {"mean": pooled["ratio"], "ci95": pooled.get("ci95"), "n": pooled.get("n"),
                                    "auroc": ind.get("auroc_pooled")}
-    hfa = hit_false_alarm(rows, seed=seed, n_resamples=n_resamples)
+    hfa = hit_false_alarm(rows, seed=seed, n_resamples=n_resamples) if rows else None
     if hfa:
         out.update({k: hfa[k] for k in ("hit_rate", "false_alarm_rate", "d_prime")})
     return out
 
 
-def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+def logged_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """What the hook logs through ``trainer.log``: ``selfrec/<domain>/<measure>`` (every block with a
     mean) and ``selfrec/<domain>/perturbed/<kind>/<measure>``."""
     flat = {}
@@ -122,13 +116,13 @@ class SelfRecEvalCallback(TrainerCallback):
         for spec, items in self.domains:
             rows = self.scorer.score_items(items, desc=f"hook {spec.domain}")
             report = compute_report(rows, seed=spec.seed, n_resamples=spec.n_resamples)
-            out[spec.domain] = summarise_rows(add_preference_controls(report, rows, spec.seed, spec.n_resamples,
-                                                                      self.quality.get(spec.domain)),
-                                             rows, spec.seed, spec.n_resamples)
+            out[spec.domain] = summarise(add_preference_controls(report, rows, spec.seed, spec.n_resamples,
+                                                                 self.quality.get(spec.domain)),
+                                         rows, spec.seed, spec.n_resamples)
         for domain, kind, spec, items in self.perturbed:
             rows = self.scorer.score_items(items, desc=f"hook {domain} {kind}")
-            block = summarise_rows(compute_report(rows, seed=spec.seed, n_resamples=spec.n_resamples), rows,
-                                   spec.seed, spec.n_resamples)
+            block = summarise(compute_report(rows, seed=spec.seed, n_resamples=spec.n_resamples), rows,
+                              spec.seed, spec.n_resamples)
             out[domain].setdefault("perturbed", {})[kind] = {"seed": self.perturb_seed, **block}
         return out
 
@@ -149,11 +143,11 @@ class SelfRecEvalCallback(TrainerCallback):
         if state.is_world_process_zero:
             with JsonlAppender(self.path) as app:
                 app.append([record])
-        flat = flat_metrics(metrics)
+        flat = logged_metrics(metrics)
         if canary:
-            from selfrec_ft.training.canary import flat_metrics as canary_metrics
+            from selfrec_ft.training.canary import flat_metrics
 
-            flat.update(canary_metrics(canary))
+            flat.update(flat_metrics(canary))
         if flat:
             self.trainer.log(flat)
 
