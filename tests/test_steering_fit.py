@@ -347,6 +347,8 @@ def test_cli_fit_and_sweep(tiny_model_dir, short_corpus_dir, ood_corpus_dir, tmp
     out = capsys.readouterr().out
     assert rc == 0 and "held-out AUROC" in out and out.strip().splitlines()[-1].startswith("directions: ")
     assert json.loads((d / "directions.json").read_text())["layers"] == [0]
+    shown = (d / "directions.md").read_text()  # the corpus by name: a committed report holds no absolute path
+    assert str(short_corpus_dir.resolve()) not in shown and f"articles of {short_corpus_dir.name} (" in shown
     base = ["steer", "sweep", "--directions", str(d), "--model", str(tiny_model_dir), "--corpus",
             str(short_corpus_dir), "--self-source", SELF, "--no-progress", "--n-resamples", "100"]
     rc = main(base + ["--out-of-domain", str(ood_corpus_dir), "--kind", "length", "--mode", "add", "--target",

@@ -323,6 +323,17 @@ def fit_directions(scorer, spec: EvalSpec, n_articles: int, layers: Sequence[int
     return out
 
 
+def _shown_path(path: str | None) -> str | None:
+    """A recorded absolute path as a report shows it: relative to the working directory when under
+    it, else only its name (a committed report must not carry the author's directory layout)."""
+    if not path:
+        return path
+    try:
+        return str(Path(path).relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return Path(path).name
+
+
 def separation_markdown(directions: Directions) -> str:
     """A table of every direction's norm and held-out AUROC per layer (best layer marked)."""
     from selfrec_ft.markdown import num, table
@@ -337,7 +348,7 @@ def separation_markdown(directions: Directions) -> str:
             rows.append([kind, f"{layer}{mark}", num(e.get("norm")), num(e.get("heldout_auroc")),
                          f"{held[0]} / {held[1]}"])
     lines = [f"# Steering directions of {m['self_source']}", "",
-             f"From the first {m['n_articles']} articles of {m['corpus']} ({m['prompts']} {m['task']} prompts); "
+             f"From the first {m['n_articles']} articles of {_shown_path(m['corpus'])} ({m['prompts']} {m['task']} prompts); "
              f"held-out separation: AUROC of the projection on a direction fitted on the first "
              f"{len(m['fit_article_ids'])} of them, scored on the last {len(m['heldout_article_ids'])} "
              "(authorship and random: self vs other summary; readout: self in position 1 vs 2; length: "
