@@ -106,3 +106,50 @@ def test_a_judge_that_picks_by_length_is_not_above_the_ceiling():
                      {"mean": mean, "ci95": [lo, hi], "n": len(held)})
     assert got["pairwise_accuracy"]["mean"] == 1.0 and got["judge_above_ceiling"] is False
     assert "no evidence of recognition beyond style" in verdict(got)
+
+
+def test_length_rule_matches_an_independent_count():
+    """The length rule beside the ceiling: its direction from the training pairs, its held-out pairwise
+    accuracy (ties ½) per other and pooled, counted here with a regex instead of str.split."""
+    import re
+
+    c = synth_corpus("short", 50, seed=11)
+    ref, lead = c.summaries["human"], c.summaries["lead"]
+    # self: the reference cut to 4 words for every third article, else padded by 3 words
+    me = {a.id: (" ".join(ref[a.id].split()[:4]) if i % 3 == 0 else ref[a.id] + " and so on")
+          for i, a in enumerate(c.articles)}
+    c.add_summaries("me", me)
+    got = style_ceiling(c, "me", ["human", "lead"], train_articles=30, n_resamples=300)
+
+    def words(t):
+        return len(re.findall(r"\S+", t))
+
+    train, held = c.articles[:30], c.articles[30:]
+    longer = np.mean([words(me[a.id]) > words(s[a.id]) for a in train for s in (ref, lead)])
+    rule = got["length_rule"]
+    assert rule["train_share_self_longer"] == pytest.approx(longer) and rule["rule"] == (
+        "longer" if longer >= 0.5 else "shorter")
+    sign = 1 if rule["rule"] == "longer" else -1
+    per = {o: [np.sign(sign * (words(me[a.id]) - words(s[a.id]))) / 2 + 0.5 for a in held]
+           for o, s in (("human", ref), ("lead", lead))}
+    for o in per:
+        assert got["by_other"][o]["length_rule_accuracy"] == pytest.approx(np.mean(per[o]))
+    pooled = rule["pairwise_accuracy"]
+    assert pooled["mean"] == pytest.approx(np.mean(per["human"] + per["lead"])) and pooled["n"] == 40
+    assert pooled["ci95"][0] <= pooled["mean"] <= pooled["ci95"][1] and 0.3 < pooled["mean"] < 0.9
+    # a self source that is always the shorter one gets the "shorter" rule and is found every time
+    c.add_summaries("terse", {a.id: ref[a.id].split()[0] for a in c.articles})
+    short = style_ceiling(c, "terse", ["human"], train_articles=30, n_resamples=300)["length_rule"]
+    assert short["rule"] == "shorter" and short["pairwise_accuracy"]["mean"] == 1.0
+
+
+def test_markdown_shows_the_length_rule_beside_the_judge(corpus):
+    from selfrec_ft.analysis.style_ceiling import render_markdown, with_judge
+
+    got = with_judge(style_ceiling(corpus, "me", ["human"], train_articles=30, n_resamples=200),
+                     {"mean": 0.7, "ci95": [0.6, 0.8], "n": 10})
+    md = render_markdown(got)
+    rule = got["length_rule"]  # "Briefly, " + the reference: always the longer one
+    assert rule["rule"] == "longer" and rule["train_share_self_longer"] == 1.0
+    assert "| length rule (longer) | 1.000 [1.000, 1.000] | 10 |" in md
+    assert "it is the longer one in 1.000 of them" in md

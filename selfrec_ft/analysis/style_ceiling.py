@@ -12,6 +12,11 @@ of an article, the one with the larger decision value is called the self summary
 resamples articles (:func:`selfrec_ft.stats.cluster_bootstrap_mean`). A judge whose recognition is
 at or below this ceiling shows no more than surface style; see docs/STATISTICS.md.
 
+Beside it, the **length rule**: the one-feature baseline "the self summary is the longer one (in
+words)" — or the shorter one, whichever the training articles' pairs favour, pooled over the others —
+scored on the same held-out pairs (a tie counts ½). A judge fine-tuned on a corpus where the own
+summary is nearly always the longer one may have learnt no more than that rule.
+
 ``selfrec analyze style-ceiling`` writes ``style_ceiling.json`` and ``style_ceiling.md``; given a
 report (``selfrec eval``'s report.json, or a training report.json: its final in-domain evaluation),
 the judge's recognition stands beside the ceiling.
@@ -61,6 +66,22 @@ def pairwise_correct(d_self: Sequence[float], d_other: Sequence[float]) -> list[
     return [1.0 if a > b else 0.0 if a < b else 0.5 for a, b in zip(d_self, d_other)]
 
 
+def n_words(text: str) -> int:
+    return len(text.split())
+
+
+def length_rule(train: Sequence[tuple[str, str, str]], held: Sequence[tuple[str, str, str]]
+                ) -> tuple[str, float, list[float]]:
+    """``(rule, share, correct)``: ``rule`` "longer" when the self summary has more words than the other in
+    at least half of the ``train`` pairs (``share``), else "shorter"; ``correct`` per ``held`` pair: 1 where
+    the rule picks the self summary, 0 where it picks the other, ½ on equal word counts."""
+    share = sum(n_words(s) > n_words(o) for _, s, o in train) / len(train)
+    rule = "longer" if share >= 0.5 else "shorter"
+    sign = 1 if rule == "longer" else -1
+    return rule, float(share), [1.0 if d > 0 else 0.0 if d < 0 else 0.5
+                                for d in (sign * (n_words(s) - n_words(o)) for _, s, o in held)]
+
+
 def style_ceiling(corpus, self_source: str, others: Sequence[str] | None = None, *, train_articles: int,
                   limit: int | None = None, seed: int = 0, n_resamples: int = 2000) -> dict[str, Any]:
     """The ceiling of ``corpus`` (see the module docstring): ``{"pairwise_accuracy": {mean, ci95, n,
@@ -77,7 +98,7 @@ def style_ceiling(corpus, self_source: str, others: Sequence[str] | None = None,
                         f"{len(corpus.articles)} articles), got {train_articles}", corpus.path)
     train, held = corpus.articles[:train_articles], corpus.heldout_articles(train_articles, limit)
     by_other: dict[str, Any] = {}
-    values, clusters = [], []
+    values, clusters, all_train, all_held = [], [], [], []
     for other in others:
         tr, te = _pairs(corpus, self_source, other, train), _pairs(corpus, self_source, other, held)
         if len(tr) < MIN_TRAIN or not te:
@@ -95,13 +116,24 @@ def style_ceiling(corpus, self_source: str, others: Sequence[str] | None = None,
                            "text_accuracy": float(text_acc), "train_pairs": len(tr)}
         values += correct
         clusters += ids
+        all_train += tr
+        all_held += [(other, s, o) for _, s, o in te]
     mean, (lo, hi) = stats.cluster_bootstrap_mean(values, clusters, n_resamples=n_resamples, seed=seed)
+    rule, share, by_length = length_rule(all_train, all_held)
+    l_mean, (l_lo, l_hi) = stats.cluster_bootstrap_mean(by_length, clusters, n_resamples=n_resamples, seed=seed)
+    for other in others:
+        mine = [c for (o, _, _), c in zip(all_held, by_length) if o == other]
+        by_other[other]["length_rule_accuracy"] = sum(mine) / len(mine)
     return {"corpus": str(corpus.path) if corpus.path else None, "self_source": self_source, "others": others,
             "train_articles": train_articles, "heldout_articles": len(held), "limit": limit,
             "classifier": "tfidf word 1-2-grams + char_wb 2-4-grams -> logistic regression (scikit-learn)",
             "pairwise_accuracy": {"mean": mean, "ci95": [lo, hi], "n": len(values),
                                   "articles": stats.n_clusters(clusters)},
-            "by_other": by_other, "seed": seed, "n_resamples": n_resamples}
+            "by_other": by_other,
+            "length_rule": {"rule": rule, "train_share_self_longer": share,
+                            "pairwise_accuracy": {"mean": l_mean, "ci95": [l_lo, l_hi], "n": len(by_length),
+                                                  "articles": stats.n_clusters(clusters)}},
+            "seed": seed, "n_resamples": n_resamples}
 
 
 def judge_recognition(report: Mapping[str, Any], path: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -145,17 +177,25 @@ def render_markdown(result: Mapping[str, Any]) -> str:
              f"`{result['self_source']}` from each other source; on {result['heldout_articles']} held-out articles "
              "it picks the self summary of each pair (larger decision value; a tie counts ½). 95% CIs resample "
              "articles. 0.5 = chance.", ""]
-    rows = [[o, md.estimate(v["pairwise_accuracy"]), f"{v['text_accuracy']:.3f}", str(v["pairwise_accuracy"]["n"]),
+    rule = result.get("length_rule")  # absent from results written before the length rule
+    rows = [[o, md.estimate(v["pairwise_accuracy"]), f"{v['text_accuracy']:.3f}",
+             *([md.num(v.get("length_rule_accuracy"))] if rule else []), str(v["pairwise_accuracy"]["n"]),
              str(v["train_pairs"])] for o, v in result["by_other"].items()]
     rows.append(["**all others**", md.estimate(result["pairwise_accuracy"]), md.DASH,
+                 *([md.estimate(rule["pairwise_accuracy"])] if rule else []),
                  str(result["pairwise_accuracy"]["n"]), md.DASH])
-    lines += md.table(["other source", "pairwise accuracy [95% CI]", "text accuracy", "held-out pairs",
-                       "training pairs"], rows)
+    lines += md.table(["other source", "pairwise accuracy [95% CI]", "text accuracy",
+                       *(["length rule"] if rule else []), "held-out pairs", "training pairs"], rows)
+    if rule:
+        lines += ["", f"Length rule: the self summary is the {rule['rule']} one (in words); in the training pairs it "
+                  f"is the longer one in {rule['train_share_self_longer']:.3f} of them."]
     if "judge" in result:
         j = result["judge"]
         lines += ["", *md.table(["", "pairwise recognition [95% CI]", "n pairs"],
                                 [["style-classifier ceiling", md.estimate(result["pairwise_accuracy"]),
                                   str(result["pairwise_accuracy"]["n"])],
+                                 *([[f"length rule ({rule['rule']})", md.estimate(rule["pairwise_accuracy"]),
+                                     str(rule["pairwise_accuracy"]["n"])]] if rule else []),
                                  ["judge" + (f" ({j['from']})" if j.get("from") else ""), md.estimate(j),
                                   md.DASH if j.get("n") is None else str(j["n"])]]),
                   "", verdict(result)]
