@@ -1,5 +1,7 @@
 """Copy the SmolLM2 run's small reports into docs/results/smollm2-135m-instruct/ and print the
-README's results table (base vs fine-tuned and controls, per other source, both domains).
+README's results table (base vs fine-tuned and controls, per other source, both domains), and the
+fine-tuned judges' XSUM recognition split by whether the own summary is the longer one of the pair
+(written to DEST/length_strata.json: is it recognition, or "pick the longer"?).
 
 Only report.md, report.json and PNG plots are copied: never examples.jsonl or anything holding
 article or summary text. Run from the repository root after run_all.sh:
@@ -26,6 +28,8 @@ EVALS = [  # (row label, evaluation directory under OUT)
     ("control: random labels", "xsum_lora_random/eval_{d}"),
     ("control: always 1", "xsum_lora_always_1/eval_{d}"),
 ]
+SELF = "smollm2-135m-instruct"
+STRATA = ["LoRA, self labels", "control: length labels", "control: random labels", "control: always 1"]
 DOMAINS = {"xsum": "XSUM (in-domain)", "cnn": "CNN/DM (out-of-domain)"}
 KEEP = ("report.md", "report.json", "style_ceiling.md", "style_ceiling.json", "bf16_scores.json", "steer.md",
         "steer.json", "directions.md", "analysis.json", "shift.md", "shift.json")  # reports only: no examples, generations or summaries
@@ -42,6 +46,42 @@ def copy_reports() -> None:
 def bias(block: dict) -> str:
     pos = block.get("position") or {}
     return f"{pos.get('always_1', 0):.2f} / {pos.get('always_2', 0):.2f}"
+
+
+def length_strata(data: Path = Path("data/smollm2/xsum")) -> list[list[str]]:
+    """Per fine-tuned judge: its per-pair recognition ½[p̂_fwd(self) + p̂_bwd(self)] (options renormalised)
+    on the XSUM pairs where the own summary has more words than the other's vs the rest, with 95% CIs
+    resampling articles; written to DEST/length_strata.json."""
+    from selfrec_ft import stats
+    from selfrec_ft.data.corpus import load_corpus
+
+    if not (data / "articles.jsonl").is_file():
+        return []
+    corpus, rows, out = load_corpus(data), [], {}
+    for label, pattern in EVALS:
+        f = OUT / pattern.format(d="xsum") / "examples.jsonl"
+        if label not in STRATA or not f.is_file():
+            continue
+        pairs: dict[tuple[str, str], dict[str, float]] = {}
+        for line in f.read_text().splitlines():
+            r = json.loads(line)
+            if r["task"] == "pairwise-recognition":
+                pairs.setdefault((r["article_id"], r["other_source"]), {})[r["order"]] = (
+                    r["probs"][r["self_option"]] / sum(r["probs"].values()))
+        strata: dict[str, tuple[list[float], list[str]]] = {"longer": ([], []), "shorter or equal": ([], [])}
+        for (a, other), p in pairs.items():
+            mine, theirs = corpus.summary(a, SELF), corpus.summary(a, other)
+            key = "longer" if len(mine.split()) > len(theirs.split()) else "shorter or equal"
+            strata[key][0].append((p["forward"] + p["backward"]) / 2)
+            strata[key][1].append(a)
+        out[label] = {}
+        for key, (values, ids) in strata.items():
+            if values:
+                mean, ci = stats.cluster_bootstrap_mean(values, ids)
+                out[label][key] = {"mean": mean, "ci95": list(ci), "n": len(values)}
+                rows.append([label, key, str(len(values)), md.estimate(out[label][key])])
+    (DEST / "length_strata.json").write_text(json.dumps(out, indent=1) + "\n")
+    return rows
 
 
 def main() -> None:
@@ -64,6 +104,11 @@ def main() -> None:
                               "always 1 / always 2 (recognition)", "individual recognition ratio", "articles"], rows)))
     print()
     print("\n".join(md.table(["evaluator", "scored on", "other source", "recognition", "preference"], per_source)))
+    strata = length_strata()
+    if strata:
+        print()
+        print("\n".join(md.table(["evaluator (XSUM, in-domain)", "own summary is the", "pairs", "recognition"],
+                                  strata)))
 
 
 if __name__ == "__main__":
