@@ -2,7 +2,7 @@
 # SmolLM2-135M-Instruct through the whole protocol on a CPU (README "A real chat model on a CPU").
 # Resumable: every step skips what is done (generation, evaluation and training resume after a kill;
 # rerun the script). Run from the repository root, after `selfrec corpus import-p1 P1_CLONE --out data/p1`.
-#   bash recipes/smollm2-135m-instruct/run_all.sh            # core: data, base eval, LoRA, eval (~1 h on 2 cores)
+#   bash recipes/smollm2-135m-instruct/run_all.sh            # core: data, base eval, LoRA, eval (2 cores: 48 min in bf16, ~78 float32)
 #   bash recipes/smollm2-135m-instruct/run_all.sh all        # + controls, checks, steering, DPO, sweep (hours)
 #   bash recipes/smollm2-135m-instruct/run_all.sh controls   # one later stage (controls, checks, sweep, steering,
 #                                                            # dpo, control-cnn) once core is done
