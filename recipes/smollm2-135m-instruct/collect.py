@@ -54,6 +54,8 @@ def length_strata(data: Path = Path("data/smollm2/xsum")) -> list[list[str]]:
     resampling articles; written to DEST/length_strata.json."""
     from selfrec_ft import stats
     from selfrec_ft.data.corpus import load_corpus
+    from selfrec_ft.scoring.metrics import pairwise_scores
+    from selfrec_ft.scoring.report import load_rows
 
     if not (data / "articles.jsonl").is_file():
         return []
@@ -62,17 +64,14 @@ def length_strata(data: Path = Path("data/smollm2/xsum")) -> list[list[str]]:
         f = OUT / pattern.format(d="xsum") / "examples.jsonl"
         if label not in STRATA or not f.is_file():
             continue
-        pairs: dict[tuple[str, str], dict[str, float]] = {}
-        for line in f.read_text().splitlines():
-            r = json.loads(line)
-            if r["task"] == "pairwise-recognition":
-                pairs.setdefault((r["article_id"], r["other_source"]), {})[r["order"]] = (
-                    r["probs"][r["self_option"]] / sum(r["probs"].values()))
         strata: dict[str, tuple[list[float], list[str]]] = {"longer": ([], []), "shorter or equal": ([], [])}
-        for (a, other), p in pairs.items():
+        for pair in pairwise_scores(load_rows([f]), "recognition"):
+            if not pair["valid"]:
+                continue
+            a, other = pair["article_id"], pair["other_source"]
             mine, theirs = corpus.summary(a, SELF), corpus.summary(a, other)
             key = "longer" if len(mine.split()) > len(theirs.split()) else "shorter or equal"
-            strata[key][0].append((p["forward"] + p["backward"]) / 2)
+            strata[key][0].append(pair["score"])
             strata[key][1].append(a)
         out[label] = {}
         for key, (values, ids) in strata.items():
