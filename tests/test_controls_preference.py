@@ -122,6 +122,22 @@ def test_verdicts_answer_copying_following_and_mostly_copying():
     indifferent = question_following(judge_rows(20, 0.5, 0.5, seed=1, noise=0.0))
     assert indifferent["answer_copying"] is False and "no self-preference" in indifferent["verdict"]
 
+    # a gap above 0 with self picked below chance under "better": no self-preference to follow
+    slight = question_following(judge_rows(40, 0.42, 0.30, seed=4, noise=0.02))
+    assert slight["gap"]["ci95"][0] > 0 and slight["better"]["ci95"][1] < 0.5
+    assert slight["answer_copying"] is False
+    assert slight["verdict"].startswith("no self-preference is shown")
+    tiny = question_following(judge_rows(40, 0.5, 0.52, seed=4, noise=0.01))  # a tiny gap below 0 at chance
+    assert tiny["gap"]["ci95"][1] < 0 and tiny["better"]["ci95"][0] <= 0.5 <= tiny["better"]["ci95"][1]
+    assert tiny["verdict"].startswith("no self-preference is shown") and tiny["answer_copying"] is False
+
+    # named worse more often than better, and below chance under "better": a self-dispreference
+    averse = question_following(judge_rows(20, 0.2, 0.8, seed=1))
+    assert averse["gap"]["ci95"][1] < 0 and "disprefers its own summary" in averse["verdict"]
+    contrary = question_following(judge_rows(20, 0.7, 0.9, seed=1))
+    assert contrary["gap"]["ci95"][1] < 0 and contrary["better"]["ci95"][0] > 0.5
+    assert "answers against the question" in contrary["verdict"]
+
     few = question_following(judge_rows(3, 0.9, 0.9))
     assert few["gap"]["ci95"] is None and "cannot be judged" in few["verdict"]
 

@@ -102,7 +102,10 @@ def question_following_verdict(block: Mapping[str, Any]) -> tuple[str, bool]:
     """``(sentence, answer_copying)`` for a question-following block. Answer-copying: the judge picks
     its own summary above chance under "better" (its interval above 0.5) and either the gap's interval includes 0 or its upper
     end is below half the gap a question-following judge would show (2·better − 1): less than half of
-    the self-preference follows the question."""
+    the self-preference follows the question. Without a self-preference under "better" (its interval
+    not above 0.5) a gap that excludes 0 is not called following or answering against the question:
+    "no self-preference is shown", or, with a gap below 0 and "better" below chance, a
+    self-dispreference that follows the question."""
     better, worse, gap = block["better"]["mean"], block["worse"]["mean"], block["gap"]
     ci = gap.get("ci95")
     nums = (f'self picked {md.num(better)} when asked "better", {md.num(worse)} when asked "worse"; '
@@ -117,10 +120,17 @@ def question_following_verdict(block: Mapping[str, Any]) -> tuple[str, bool]:
                     "the self-preference is answer-copying, not a preference that follows the question.", True)
         return (f"the preference does not follow the question ({nums}, interval includes 0): no "
                 "self-preference is shown.", False)
+    if not prefers:  # "better" shows no self-preference: the gap only says the answers shift with the question
+        if ci[1] < 0 and better_ci is not None and better_ci[1] < 0.5:
+            return (f"the judge disprefers its own summary, and that follows the question ({nums}, below 0): "
+                    "it names its own summary as the worse one more often than as the better one.", False)
+        return (f"no self-preference is shown ({nums}): its own summary is not picked above chance when asked "
+                f'"better"; the gap only says the answers shift {"with" if ci[0] > 0 else "against"} the '
+                "question.", False)
     if ci[1] < 0:
         return (f"the judge answers against the question ({nums}, below 0): it names its own summary as "
                 "the worse one more often than as the better one.", False)
-    if prefers and ci[1] < 0.5 * (2 * better - 1):
+    if ci[1] < 0.5 * (2 * better - 1):
         return (f"the self-preference is mostly answer-copying ({nums}): less than half of it follows the "
                 f"question (share {md.num(following_share(better, gap['mean']))}).", True)
     return f"the self-preference follows the question ({nums}, interval above 0).", False
