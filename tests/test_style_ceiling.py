@@ -153,3 +153,80 @@ def test_markdown_shows_the_length_rule_beside_the_judge(corpus):
     assert rule["rule"] == "longer" and rule["train_share_self_longer"] == 1.0
     assert "| length rule (longer) | 1.000 [1.000, 1.000] | 10 |" in md
     assert "it is the longer one in 1.000 of them" in md
+
+
+def _judge_rows(corpus, self_source, others, articles, seed=0):
+    """pairwise-recognition rows (both orders) of a judge with random option probabilities."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for a in articles:
+        for other in others:
+            for order in ("forward", "backward"):
+                p1, p2 = rng.uniform(0.01, 0.49, size=2)
+                rows.append({"task": "pairwise-recognition", "domain": "short", "article_id": a.id,
+                             "self_source": self_source, "other_source": other, "order": order,
+                             "self_option": "1" if order == "forward" else "2", "probs": {"1": p1, "2": p2}})
+    return rows
+
+
+def test_judge_split_by_length_matches_an_independent_count():
+    """The judge's recognition on the pairs where the length rule points at its own summary and on the
+    rest: the pair score recomputed from the raw probabilities, the words counted with a regex."""
+    import re
+
+    from selfrec_ft import stats
+    from selfrec_ft.analysis.style_ceiling import judge_by_length
+
+    c = synth_corpus("short", 30, seed=11)
+    ref = c.summaries["human"]
+    c.add_summaries("me", {a.id: (" ".join(ref[a.id].split()[:3]) if i % 4 == 0 else ref[a.id] + " and more")
+                           for i, a in enumerate(c.articles)})
+    held = c.articles[10:]
+    rows = _judge_rows(c, "me", ["human", "lead"], held, seed=2)
+    got = judge_by_length(rows, c, "me", "longer", n_resamples=400)
+
+    def words(t):
+        return len(re.findall(r"\S+", t))
+
+    strata = {True: ([], []), False: ([], [])}
+    for a in held:
+        for other in ("human", "lead"):
+            fwd, bwd = (r["probs"] for r in rows if r["article_id"] == a.id and r["other_source"] == other)
+            score = (fwd["1"] / (fwd["1"] + fwd["2"]) + bwd["2"] / (bwd["1"] + bwd["2"])) / 2
+            longer = words(c.summaries["me"][a.id]) > words(c.summaries[other][a.id])
+            strata[longer][0].append(score)
+            strata[longer][1].append(a.id)
+    for key, mine in (("points_to_self", True), ("not_to_self", False)):
+        values, ids = strata[mine]
+        assert got[key]["n"] == len(values) > 3 and got[key]["articles"] == len(set(ids))
+        assert got[key]["mean"] == pytest.approx(np.mean(values), abs=1e-12)
+        lo, hi = stats.cluster_bootstrap_mean(values, ids, n_resamples=400)[1]
+        assert got[key]["ci95"] == pytest.approx([lo, hi])
+    assert got["share_points_to_self"] == pytest.approx(len(strata[True][0]) / 40) and got["n"] == 40
+    # the "shorter" rule swaps the strata (no ties here)
+    swapped = judge_by_length(rows, c, "me", "shorter", n_resamples=400)
+    assert swapped["points_to_self"]["mean"] == pytest.approx(got["not_to_self"]["mean"], abs=1e-12)
+
+
+def test_cli_splits_the_judge_by_length_from_the_rows_beside_the_report(corpus, tmp_path, capsys):
+    cdir = write_corpus(corpus, tmp_path / "c")
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    (ev / "report.json").write_text(json.dumps({"pairwise": {"recognition": {"mean": 0.6, "ci95": [0.5, 0.7],
+                                                                              "n": 20}}}))
+    rows = _judge_rows(corpus, "me", ["human"], corpus.articles[30:])
+    (ev / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["analyze", "style-ceiling", "--corpus", str(cdir), "--self-source", "me", "--others", "human",
+            "--train-articles", "30", "--report", str(ev / "report.json"), "--n-resamples", "200"]
+    assert main(argv) == 0
+    out = json.loads((ev / "style_ceiling.json").read_text())
+    split = out["judge_by_length"]  # "Briefly, " + the reference: its own summary is always the longer one
+    assert split["rule"] == "longer" and split["share_points_to_self"] == 1.0
+    assert split["points_to_self"]["n"] == 10 and split["not_to_self"]["n"] == 0
+    assert "| the longer one is its own (1.000 of the pairs) |" in capsys.readouterr().out
+    # rows scored on another corpus: one line, exit 2
+    bad = [dict(r, article_id="x" + r["article_id"]) for r in rows]
+    (tmp_path / "bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bad))
+    assert main([*argv, "--examples", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "scored on another corpus" in err and len(err.strip().splitlines()) == 1 and "bad.jsonl" in err

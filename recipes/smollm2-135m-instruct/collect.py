@@ -49,12 +49,11 @@ def bias(block: dict) -> str:
 
 
 def length_strata(data: Path = Path("data/smollm2/xsum")) -> list[list[str]]:
-    """Per fine-tuned judge: its per-pair recognition ½[p̂_fwd(self) + p̂_bwd(self)] (options renormalised)
-    on the XSUM pairs where the own summary has more words than the other's vs the rest, with 95% CIs
-    resampling articles; written to DEST/length_strata.json."""
-    from selfrec_ft import stats
+    """Per fine-tuned judge: its XSUM recognition split by whether its own summary is the longer one of
+    the pair (``selfrec_ft.analysis.style_ceiling.judge_by_length``, what `selfrec analyze style-ceiling
+    --report` adds for one judge); written to DEST/length_strata.json."""
+    from selfrec_ft.analysis.style_ceiling import judge_by_length
     from selfrec_ft.data.corpus import load_corpus
-    from selfrec_ft.scoring.metrics import pairwise_scores
     from selfrec_ft.scoring.report import load_rows
 
     if not (data / "articles.jsonl").is_file():
@@ -64,21 +63,9 @@ def length_strata(data: Path = Path("data/smollm2/xsum")) -> list[list[str]]:
         f = OUT / pattern.format(d="xsum") / "examples.jsonl"
         if label not in STRATA or not f.is_file():
             continue
-        strata: dict[str, tuple[list[float], list[str]]] = {"longer": ([], []), "shorter or equal": ([], [])}
-        for pair in pairwise_scores(load_rows([f]), "recognition"):
-            if not pair["valid"]:
-                continue
-            a, other = pair["article_id"], pair["other_source"]
-            mine, theirs = corpus.summary(a, SELF), corpus.summary(a, other)
-            key = "longer" if len(mine.split()) > len(theirs.split()) else "shorter or equal"
-            strata[key][0].append(pair["score"])
-            strata[key][1].append(a)
-        out[label] = {}
-        for key, (values, ids) in strata.items():
-            if values:
-                mean, ci = stats.cluster_bootstrap_mean(values, ids)
-                out[label][key] = {"mean": mean, "ci95": list(ci), "n": len(values)}
-                rows.append([label, key, str(len(values)), md.estimate(out[label][key])])
+        split = out[label] = judge_by_length(load_rows([f]), corpus, SELF, "longer")
+        for key, name in (("points_to_self", "longer"), ("not_to_self", "shorter or equal")):
+            rows.append([label, name, str(split[key]["n"]), md.estimate(split[key])])
     (DEST / "length_strata.json").write_text(json.dumps(out, indent=1) + "\n")
     return rows
 

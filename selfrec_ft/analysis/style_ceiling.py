@@ -19,7 +19,10 @@ summary is nearly always the longer one may have learnt no more than that rule.
 
 ``selfrec analyze style-ceiling`` writes ``style_ceiling.json`` and ``style_ceiling.md``; given a
 report (``selfrec eval``'s report.json, or a training report.json: its final in-domain evaluation),
-the judge's recognition stands beside the ceiling.
+the judge's recognition stands beside the ceiling. Given the judge's rows (``selfrec eval``'s
+examples.jsonl), its recognition is also **split by length** (:func:`judge_by_length`): on the pairs
+where the length rule points at its own summary and on the rest. A judge that only learnt the rule
+is right on the first and wrong on the second; one that recognises its text is right on both.
 """
 
 from __future__ import annotations
@@ -136,6 +139,79 @@ def style_ceiling(corpus, self_source: str, others: Sequence[str] | None = None,
             "seed": seed, "n_resamples": n_resamples}
 
 
+def judge_by_length(rows: Sequence[Mapping[str, Any]], corpus, self_source: str, rule: str = "longer", *,
+                    seed: int = 0, n_resamples: int = 2000, path: str | os.PathLike | None = None
+                    ) -> dict[str, Any]:
+    """The judge's per-pair recognition ½[p̂_fwd(self) + p̂_bwd(self)] (options renormalised,
+    :func:`selfrec_ft.scoring.metrics.pairwise_scores`) on its valid pairs, split by whether the length
+    ``rule`` ("longer"/"shorter": the self summary has more/fewer words) points at its own summary
+    (``points_to_self``) or not (``not_to_self``: the other way, or equal word counts), each with a 95%
+    CI resampling articles; ``share_points_to_self`` is the first stratum's share of the pairs.
+    ``rows`` come from ``path`` (for error messages); their summaries are looked up in ``corpus``."""
+    from selfrec_ft import stats
+    from selfrec_ft.scoring.metrics import pairwise_scores
+
+    if rule not in ("longer", "shorter"):
+        raise ValueError(f"rule must be 'longer' or 'shorter', got {rule!r}")
+    known = {a.id for a in corpus.articles}
+    strata: dict[str, tuple[list[float], list[str]]] = {"points_to_self": ([], []), "not_to_self": ([], [])}
+    for pair in pairwise_scores(rows, "recognition"):
+        if pair["self_source"] != self_source:
+            raise UserError(f"the rows' self source is {pair['self_source']!r}, not {self_source!r}", path)
+        if not pair["valid"]:
+            continue
+        a, other = pair["article_id"], pair["other_source"]
+        mine, theirs = (corpus.summary(a, self_source) if a in known else None), (
+            corpus.summary(a, other) if a in known else None)
+        if not mine or not theirs:
+            raise UserError(f"article {a!r} ({self_source} vs {other}) has no such summaries in the corpus "
+                            f"{corpus.path}: the rows were scored on another corpus", path)
+        diff = n_words(mine) - n_words(theirs)
+        key = "points_to_self" if (diff > 0 if rule == "longer" else diff < 0) else "not_to_self"
+        strata[key][0].append(pair["score"])
+        strata[key][1].append(a)
+    total = sum(len(v) for v, _ in strata.values())
+    if not total:
+        raise UserError("no valid pairwise-recognition pair in the rows", path)
+    out: dict[str, Any] = {"rule": rule, "share_points_to_self": len(strata["points_to_self"][0]) / total,
+                           "n": total}
+    for key, (values, ids) in strata.items():
+        if values:
+            mean, (lo, hi) = stats.cluster_bootstrap_mean(values, ids, n_resamples=n_resamples, seed=seed)
+            out[key] = {"mean": mean, "ci95": [lo, hi], "n": len(values), "articles": stats.n_clusters(ids)}
+        else:
+            out[key] = {"mean": None, "ci95": None, "n": 0, "articles": 0}
+    if path is not None:
+        out["examples"] = str(path)
+    return out
+
+
+def _vs_chance(block: Mapping[str, Any]) -> str:
+    ci = block.get("ci95")
+    if not ci:
+        return "no interval"
+    return "above chance" if ci[0] > 0.5 else "below chance" if ci[1] < 0.5 else "at chance"
+
+
+def length_split_lines(split: Mapping[str, Any]) -> list[str]:
+    """The markdown lines of :func:`judge_by_length`'s result."""
+    rule = split["rule"]
+    rows = [[f"the {rule} one is its own ({split['share_points_to_self']:.3f} of the pairs)",
+             md.estimate(split["points_to_self"]), str(split["points_to_self"]["n"])],
+            [f"the {rule} one is the other's, or equal length", md.estimate(split["not_to_self"]),
+             str(split["not_to_self"]["n"])]]
+    lines = ["", f"The judge's recognition split by length (its own pairs; the length rule: the self summary is "
+             f"the {rule} one, in words):", "", *md.table(["pairs where", "judge's recognition [95% CI]",
+                                                            "n pairs"], rows)]
+    hit, miss = split["points_to_self"], split["not_to_self"]
+    if hit.get("ci95") and miss.get("ci95"):
+        lines += ["", f"Where length points at its own summary the judge is {_vs_chance(hit)}; where it does not, "
+                  f"{_vs_chance(miss)}" + (": it recognises its summary only where length gives it away."
+                                           if _vs_chance(miss) != "above chance" else
+                                           ": it recognises its summary without the length cue.")]
+    return lines
+
+
 def judge_recognition(report: Mapping[str, Any], path: str | os.PathLike | None = None) -> dict[str, Any]:
     """The judge's pairwise recognition from a ``selfrec eval`` report.json (``pairwise.recognition``)
     or a training report.json (its final in-domain evaluation), with where it came from."""
@@ -199,6 +275,8 @@ def render_markdown(result: Mapping[str, Any]) -> str:
                                  ["judge" + (f" ({j['from']})" if j.get("from") else ""), md.estimate(j),
                                   md.DASH if j.get("n") is None else str(j["n"])]]),
                   "", verdict(result)]
+    if result.get("judge_by_length"):
+        lines += length_split_lines(result["judge_by_length"])
     return "\n".join(lines) + "\n"
 
 

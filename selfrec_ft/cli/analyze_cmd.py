@@ -11,7 +11,7 @@ from selfrec_ft.cli.common import int_at_least, split_list
 from selfrec_ft.errors import UserError
 
 STYLE_CEILING = "style-ceiling"
-STYLE_FLAGS = ("corpus", "self_source", "others", "train_articles", "limit", "report", "out")
+STYLE_FLAGS = ("corpus", "self_source", "others", "train_articles", "limit", "report", "examples", "out")
 
 
 def register(sub) -> None:
@@ -25,7 +25,9 @@ def register(sub) -> None:
         f"`selfrec analyze {STYLE_CEILING} --corpus DIR --self-source S --train-articles N` instead trains a "
         "TF-IDF n-gram + logistic-regression classifier to tell S from each other source on the first N "
         "articles and reports its pairwise accuracy on the held-out articles (with an article-clustered CI): "
-        "the recognition surface style alone reaches; --report puts a judge's recognition beside it.",
+        "the recognition surface style alone reaches; --report puts a judge's recognition beside it, and its "
+        "rows (--examples, default: the examples.jsonl beside --report) split it by whether the length rule "
+        "points at its own summary.",
     )
     p.add_argument("sweep_dir", metavar=f"SWEEP_DIR|{STYLE_CEILING}")
     p.add_argument("--seed", type=int, default=0, help="bootstrap (and classifier) seed (default 0)")
@@ -41,6 +43,8 @@ def register(sub) -> None:
     g.add_argument("--limit", type=int_at_least(1), help="score at most K held-out articles")
     g.add_argument("--report", help="a selfrec eval or training report.json: the judge's recognition beside the "
                    "ceiling")
+    g.add_argument("--examples", help="the judge's selfrec eval examples.jsonl: its recognition split by length "
+                   "(default: examples.jsonl beside --report, when there is one)")
     g.add_argument("--out", help="where style_ceiling.json/.md go (default: the report's directory, else the "
                    "current directory)")
     p.set_defaults(func=run)
@@ -56,11 +60,22 @@ def run_style_ceiling(args: argparse.Namespace) -> int:
         if getattr(args, flag) is None:
             raise UserError(f"{STYLE_CEILING} needs --{flag.replace('_', '-')}")
     judge = sc.judge_recognition(sc.read_report(args.report), args.report) if args.report else None
-    result = sc.style_ceiling(load_corpus(args.corpus), args.self_source, split_list(args.others),
+    corpus = load_corpus(args.corpus)
+    result = sc.style_ceiling(corpus, args.self_source, split_list(args.others),
                               train_articles=args.train_articles, limit=args.limit, seed=args.seed,
                               n_resamples=args.n_resamples)
+    result = sc.with_judge(result, judge)
+    examples = args.examples
+    if examples is None and args.report and (Path(args.report).parent / "examples.jsonl").is_file():
+        examples = str(Path(args.report).parent / "examples.jsonl")
+    if examples is not None:
+        from selfrec_ft.scoring.report import load_rows
+
+        result["judge_by_length"] = sc.judge_by_length(
+            load_rows([examples]), corpus, args.self_source, result["length_rule"]["rule"],
+            seed=args.seed, n_resamples=args.n_resamples, path=examples)
     out = Path(args.out) if args.out else (Path(args.report).parent if args.report else Path.cwd())
-    json_path, md_path = sc.write_style_ceiling(sc.with_judge(result, judge), out)
+    json_path, md_path = sc.write_style_ceiling(result, out)
     print(md_path.read_text(encoding="utf-8"), end="")
     print(f"-> {json_path}, {md_path}", file=sys.stderr)
     return 0
