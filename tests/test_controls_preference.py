@@ -130,6 +130,9 @@ def test_verdicts_answer_copying_following_and_mostly_copying():
     tiny = question_following(judge_rows(40, 0.5, 0.52, seed=4, noise=0.01))  # a tiny gap below 0 at chance
     assert tiny["gap"]["ci95"][1] < 0 and tiny["better"]["ci95"][0] <= 0.5 <= tiny["better"]["ci95"][1]
     assert tiny["verdict"].startswith("no self-preference is shown") and tiny["answer_copying"] is False
+    assert "shift against the question" in tiny["verdict"]  # -0.02: not negligible
+    always_1 = question_following(judge_rows(20, 0.5, 0.5 + 2e-6, seed=4, noise=1e-6))  # a gap of ~1e-6
+    assert always_1["gap"]["ci95"][1] < 0 and "the gap is negligible" in always_1["verdict"]
 
     # named worse more often than better, and below chance under "better": a self-dispreference
     averse = question_following(judge_rows(20, 0.2, 0.8, seed=1))

@@ -43,6 +43,10 @@ SHARE_MIN_EXCESS = 0.02
 """The following share is reported only when self is picked above 0.5 + this under "better"."""
 QUALITY_TIE = 1e-9
 """Two summaries whose qualities differ by at most this are tied."""
+NEGLIGIBLE_GAP = 0.01
+"""A better − worse gap whose interval lies within ±this (one point of P(self picked)) is called
+negligible when no self-preference is shown: a judge that always answers "1" has a gap of ~1e-6 whose
+interval can still exclude 0."""
 
 
 def _key(s: Mapping[str, Any]) -> tuple:
@@ -124,9 +128,11 @@ def question_following_verdict(block: Mapping[str, Any]) -> tuple[str, bool]:
         if ci[1] < 0 and better_ci is not None and better_ci[1] < 0.5:
             return (f"the judge disprefers its own summary, and that follows the question ({nums}, below 0): "
                     "it names its own summary as the worse one more often than as the better one.", False)
+        shift = ("the gap is negligible (its interval within ±" + md.num(NEGLIGIBLE_GAP, ".2f") + ")"
+                 if max(abs(ci[0]), abs(ci[1])) < NEGLIGIBLE_GAP else
+                 f'the gap only says the answers shift {"with" if ci[0] > 0 else "against"} the question')
         return (f"no self-preference is shown ({nums}): its own summary is not picked above chance when asked "
-                f'"better"; the gap only says the answers shift {"with" if ci[0] > 0 else "against"} the '
-                "question.", False)
+                f'"better"; {shift}.', False)
     if ci[1] < 0:
         return (f"the judge answers against the question ({nums}, below 0): it names its own summary as "
                 "the worse one more often than as the better one.", False)
