@@ -429,3 +429,26 @@ def test_a_judge_trained_to_recognise_its_own_text_copies_the_answer(tiny_model_
     md = (tmp_path / "eval" / "report.md").read_text()
     assert "## Question-following (better vs worse)" in md and "answer-copying" in md
     assert "## Quality-aware self-preference" in md and ev["quality_preference"]["dbg"]["n"] == 6
+
+
+def test_training_report_recomputes_a_hook_records_verdict_when_it_has_the_intervals(tmp_path):
+    """The hook's flattened record keeps both questions' intervals, so the training report applies the
+    current verdict rules; a record written before they were kept keeps its stored verdict."""
+    from selfrec_ft.defaults import HOOK_FILE
+    from selfrec_ft.training.hook import summarise
+    from selfrec_ft.training.report import write_training_report
+
+    rows = judge_rows(20, 0.5, 0.5 + 2e-6, seed=4, noise=1e-6)  # an always-"1" judge: a gap of ~1e-6
+    qf = summarise(add_preference_controls(compute_report(rows), rows))["question_following"]
+    assert qf["better_ci95"] is not None and qf["worse_ci95"] is not None
+    stale = dict(qf, verdict="the self-preference follows the question (stale).", answer_copying=True)
+    old = {k: v for k, v in stale.items() if k not in ("better_ci95", "worse_ci95")}
+    recs = [{"step": s, "event": e, "in_domain": {"question_following": q}}
+            for s, e, q in ((0, "start", old), (8, "end", stale))]
+    (tmp_path / HOOK_FILE).write_text("".join(json.dumps(r) + "\n" for r in recs))
+    report = write_training_report(tmp_path)
+    final = report["final"]["in_domain"]["question_following"]
+    assert final["verdict"] == question_following(rows)["verdict"] and "gap is negligible" in final["verdict"]
+    assert final["answer_copying"] is False
+    assert report["baseline"]["in_domain"]["question_following"]["verdict"].endswith("(stale).")
+    assert "gap is negligible" in (tmp_path / "report.md").read_text()

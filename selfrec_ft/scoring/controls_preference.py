@@ -142,6 +142,19 @@ def question_following_verdict(block: Mapping[str, Any]) -> tuple[str, bool]:
     return f"the self-preference follows the question ({nums}, interval above 0).", False
 
 
+def record_verdict(record: Mapping[str, Any]) -> tuple[str, bool]:
+    """``(verdict, answer_copying)`` of a flattened question-following record (the evaluation hook's:
+    the gap's fields with ``better``/``worse`` means and ``better_ci95``), recomputed with
+    :func:`question_following_verdict`; a record written before ``better_ci95`` was kept returns its
+    stored verdict."""
+    if "better_ci95" not in record:
+        return record.get("verdict", ""), bool(record.get("answer_copying"))
+    block = {"better": {"mean": record["better"], "ci95": record["better_ci95"]},
+             "worse": {"mean": record["worse"], "ci95": record.get("worse_ci95")},
+             "gap": {k: record.get(k) for k in ("mean", "ci95", "n", "n_articles", "ci_note") if k in record}}
+    return question_following_verdict(block)
+
+
 def gap_values(rows: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[tuple]]:
     """Per-pair better − worse differences and their article clusters ``(domain, article)`` (the pairs
     scored under both questions), e.g. as a sweep series."""

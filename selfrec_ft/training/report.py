@@ -28,7 +28,17 @@ STAGE_NOTE = ("Pairwise scores on held-out articles, both orders, normalised ove
 
 
 def _domains(rec: dict[str, Any]) -> dict[str, Any]:
-    return {d: rec[d] for d in DOMAINS if d in rec}
+    """The record's domains; a question-following block gets its verdict from the current rules
+    (:func:`selfrec_ft.scoring.controls_preference.record_verdict`)."""
+    from selfrec_ft.scoring.controls_preference import record_verdict
+
+    out = {d: dict(rec[d]) for d in DOMAINS if d in rec}
+    for d, r in out.items():
+        if isinstance(r.get("question_following"), dict):
+            qf = dict(r["question_following"])
+            qf["verdict"], qf["answer_copying"] = record_verdict(qf)
+            r["question_following"] = qf
+    return out
 
 
 def read_hook_records(output_dir: str | Path) -> list[dict[str, Any]]:
