@@ -1,6 +1,6 @@
 """Copy the SmolLM2 run's small reports into docs/results/smollm2-135m-instruct/ and print the
 README's results table (base vs fine-tuned and controls, per other source, both domains), and the
-fine-tuned judges' XSUM recognition split by whether the own summary is the longer one of the pair
+fine-tuned judges' recognition (both domains) split by whether the own summary is the longer one of the pair
 (written to DEST/length_strata.json: is it recognition, or "pick the longer"?).
 
 Only report.md, report.json and PNG plots are copied: never examples.jsonl or anything holding
@@ -48,25 +48,28 @@ def bias(block: dict) -> str:
     return f"{pos.get('always_1', 0):.2f} / {pos.get('always_2', 0):.2f}"
 
 
-def length_strata(data: Path = Path("data/smollm2/xsum")) -> list[list[str]]:
-    """Per fine-tuned judge: its XSUM recognition split by whether its own summary is the longer one of
-    the pair (``selfrec_ft.analysis.style_ceiling.judge_by_length``, what `selfrec analyze style-ceiling
-    --report` adds for one judge); written to DEST/length_strata.json."""
+def length_strata(data: Path = Path("data/smollm2")) -> list[list[str]]:
+    """Per fine-tuned judge and domain: its recognition split by whether its own summary is the longer
+    one of the pair (``selfrec_ft.analysis.style_ceiling.judge_by_length``, what `selfrec analyze
+    style-ceiling --report` adds for one judge); written to DEST/length_strata.json."""
     from selfrec_ft.analysis.style_ceiling import judge_by_length
     from selfrec_ft.data.corpus import load_corpus
     from selfrec_ft.scoring.report import load_rows
 
-    if not (data / "articles.jsonl").is_file():
-        return []
-    corpus, rows, out = load_corpus(data), [], {}
-    for label, pattern in EVALS:
-        f = OUT / pattern.format(d="xsum") / "examples.jsonl"
-        if label not in STRATA or not f.is_file():
+    rows, out = [], {}
+    for d, domain in DOMAINS.items():
+        if not (data / d / "articles.jsonl").is_file():
             continue
-        split = out[label] = judge_by_length(load_rows([f]), corpus, SELF, "longer")
-        for key, name in (("points_to_self", "longer"), ("not_to_self", "shorter or equal")):
-            rows.append([label, name, str(split[key]["n"]), md.estimate(split[key])])
-    (DEST / "length_strata.json").write_text(json.dumps(out, indent=1) + "\n")
+        corpus = load_corpus(data / d)
+        for label, pattern in EVALS:
+            f = OUT / pattern.format(d=d) / "examples.jsonl"
+            if label not in STRATA or not f.is_file():
+                continue
+            split = out.setdefault(label, {})[d] = judge_by_length(load_rows([f]), corpus, SELF, "longer")
+            for key, name in (("points_to_self", "longer"), ("not_to_self", "shorter or equal")):
+                rows.append([label, domain, name, str(split[key]["n"]), md.estimate(split[key])])
+    if out:
+        (DEST / "length_strata.json").write_text(json.dumps(out, indent=1) + "\n")
     return rows
 
 
@@ -93,7 +96,7 @@ def main() -> None:
     strata = length_strata()
     if strata:
         print()
-        print("\n".join(md.table(["evaluator (XSUM, in-domain)", "own summary is the", "pairs", "recognition"],
+        print("\n".join(md.table(["evaluator", "scored on", "own summary is the", "pairs", "recognition"],
                                   strata)))
 
 
