@@ -153,7 +153,6 @@ def judge_by_length(rows: Sequence[Mapping[str, Any]], corpus, self_source: str,
 
     if rule not in ("longer", "shorter"):
         raise ValueError(f"rule must be 'longer' or 'shorter', got {rule!r}")
-    known = {a.id for a in corpus.articles}
     strata: dict[str, tuple[list[float], list[str]]] = {"points_to_self": ([], []), "not_to_self": ([], [])}
     for pair in pairwise_scores(rows, "recognition"):
         if pair["self_source"] != self_source:
@@ -161,8 +160,7 @@ def judge_by_length(rows: Sequence[Mapping[str, Any]], corpus, self_source: str,
         if not pair["valid"]:
             continue
         a, other = pair["article_id"], pair["other_source"]
-        mine, theirs = (corpus.summary(a, self_source) if a in known else None), (
-            corpus.summary(a, other) if a in known else None)
+        mine, theirs = corpus.summary(a, self_source), corpus.summary(a, other)
         if not mine or not theirs:
             raise UserError(f"article {a!r} ({self_source} vs {other}) has no such summaries in the corpus "
                             f"{corpus.path}: the rows were scored on another corpus", path)
