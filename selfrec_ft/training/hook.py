@@ -38,8 +38,8 @@ HOOK_RESAMPLES = 1000
 def summarise(report: dict[str, Any], rows=(), seed: int = 0, n_resamples: int = HOOK_RESAMPLES) -> dict[str, Any]:
     """``{"recognition": {mean, ci95, n, accuracy, invalid, position_biased}, "preference": {...},
     "question_following": {mean, ci95, n, n_articles, better, worse, better_ci95, worse_ci95, answer_copying,
-    verdict}}`` (the last with worse-question rows: mean = the better − worse gap). With the individual task ("did you write this?")
-    for the self and another source: the threshold-free ``individual_ratio`` (P1's pooled p̂(Yes) ratio
+    verdict}}`` (the last with worse-question rows: mean = the better − worse gap). With the individual
+    task ("did you write this?") for the self and another source: the threshold-free ``individual_ratio`` (P1's pooled p̂(Yes) ratio
     self/(self+other) with its CI, and ``auroc``) and, from ``rows``, ``hit_rate``, ``false_alarm_rate``
     and ``d_prime`` (claims at p̂(Yes) > ½, article-clustered CIs;
     :func:`selfrec_ft.scoring.baselines.hit_false_alarm`)."""
