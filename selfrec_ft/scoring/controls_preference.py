@@ -105,8 +105,8 @@ def following_share(better: float | None, gap: float | None) -> float | None:
 def question_following_verdict(block: Mapping[str, Any]) -> tuple[str, bool]:
     """``(sentence, answer_copying)`` for a question-following block. Answer-copying: the judge picks
     its own summary above chance under "better" (its interval above 0.5) and either the gap's interval
-    includes 0 or its upper end is below half the gap a question-following judge would show (2·better − 1): less than half of
-    the self-preference follows the question. Without a self-preference under "better" (its interval
+    includes 0 or its upper end is below half the gap a question-following judge would show
+    (2·better − 1): less than half of the self-preference follows the question. Without a self-preference under "better" (its interval
     not above 0.5) a gap that excludes 0 is not called following or answering against the question:
     "no self-preference is shown", or, with a gap below 0 and "better" below chance, a
     self-dispreference that follows the question."""
