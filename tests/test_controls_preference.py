@@ -452,3 +452,29 @@ def test_training_report_recomputes_a_hook_records_verdict_when_it_has_the_inter
     assert final["answer_copying"] is False
     assert report["baseline"]["in_domain"]["question_following"]["verdict"].endswith("(stale).")
     assert "gap is negligible" in (tmp_path / "report.md").read_text()
+
+
+def test_training_report_takes_an_older_records_better_interval_from_its_preference_block(tmp_path):
+    """A hook record written before the hook kept the "better" interval still has the pairwise
+    preference block, which measures the same pairs with the same bootstrap: when its mean and pair
+    count are the record's, its interval gives the current verdict; when they differ, the stored one stays."""
+    from selfrec_ft.defaults import HOOK_FILE
+    from selfrec_ft.training.hook import summarise
+    from selfrec_ft.training.report import write_training_report
+
+    # "better" at chance, asked "worse" it names its own a little more often: a gap below 0 without self-preference
+    rows = judge_rows(16, 0.5, 0.56, seed=5, noise=0.1)
+    summary = summarise(add_preference_controls(compute_report(rows), rows))
+    qf, pref = summary["question_following"], summary["preference"]
+    assert qf["better_ci95"] == pref["ci95"]  # the same quantity, the same bootstrap
+    truth = question_following(rows)["verdict"]
+    assert truth.startswith("no self-preference is shown")
+    old = {k: v for k, v in qf.items() if k not in ("better_ci95", "worse_ci95")}
+    old.update(verdict="the judge answers against the question (stale).", answer_copying=False)
+    other = dict(pref, mean=pref["mean"] + 0.01)  # not the "better" question's pairs
+    recs = [{"step": 0, "event": "start", "in_domain": {"preference": other, "question_following": old}},
+            {"step": 8, "event": "end", "in_domain": {"preference": pref, "question_following": old}}]
+    (tmp_path / HOOK_FILE).write_text("".join(json.dumps(r) + "\n" for r in recs))
+    report = write_training_report(tmp_path)
+    assert report["final"]["in_domain"]["question_following"]["verdict"] == truth
+    assert report["baseline"]["in_domain"]["question_following"]["verdict"].endswith("(stale).")
