@@ -225,7 +225,7 @@ for share in (True, False):
     n_processes, process_index = state.num_processes, state.process_index
     # the library's teardown, as sweeps use it: drop the run, then (once) the process group. A gloo
     # group left to the interpreter's exit can abort a rank ("terminate called without an active
-    # exception"), which is how this test once failed in CI.
+    # exception"), the likely cause of this test's one failure in CI.
     del trainer, setup, state
     release_training_state()
 if process_index == 0:

@@ -142,14 +142,21 @@ def question_following_verdict(block: Mapping[str, Any]) -> tuple[str, bool]:
     return f"the self-preference follows the question ({nums}, interval above 0).", False
 
 
-def record_verdict(record: Mapping[str, Any]) -> tuple[str, bool]:
+def record_verdict(record: Mapping[str, Any], preference: Mapping[str, Any] | None = None) -> tuple[str, bool]:
     """``(verdict, answer_copying)`` of a flattened question-following record (the evaluation hook's:
     the gap's fields with ``better``/``worse`` means and ``better_ci95``), recomputed with
-    :func:`question_following_verdict`; a record written before ``better_ci95`` was kept returns its
-    stored verdict."""
-    if "better_ci95" not in record:
+    :func:`question_following_verdict`. A record written before ``better_ci95`` was kept takes the
+    interval of its pairwise ``preference`` block when that block's mean and n are the record's
+    ``better`` and ``n`` (the "better" question's pairs under the same bootstrap); otherwise it
+    returns its stored verdict."""
+    better_ci = record.get("better_ci95")
+    same_pairs = isinstance(preference, Mapping) and (preference.get("mean"), preference.get("n")) == (
+        record.get("better"), record.get("n"))
+    if better_ci is None and same_pairs:
+        better_ci = preference.get("ci95")
+    if better_ci is None:
         return record.get("verdict", ""), bool(record.get("answer_copying"))
-    block = {"better": {"mean": record["better"], "ci95": record["better_ci95"]},
+    block = {"better": {"mean": record["better"], "ci95": better_ci},
              "worse": {"mean": record["worse"], "ci95": record.get("worse_ci95")},
              "gap": {k: record.get(k) for k in ("mean", "ci95", "n", "n_articles", "ci_note") if k in record}}
     return question_following_verdict(block)

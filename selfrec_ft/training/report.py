@@ -27,33 +27,17 @@ STAGE_NOTE = ("Pairwise scores on held-out articles, both orders, normalised ove
               "chance; 95% CIs resample articles.")
 
 
-def _better_interval(qf: dict[str, Any], preference: Any) -> Any:
-    """The "better" question's interval for a hook record written before the hook kept it: the
-    record's pairwise preference block measures the same thing (the "better" question's pairs, the
-    same bootstrap), so its interval is used when its mean and pair count are the record's ``better``
-    and ``n``; otherwise None (the record keeps its stored verdict)."""
-    if not isinstance(preference, dict) or preference.get("ci95") is None:
-        return None
-    same = (isinstance(qf.get("better"), (int, float)) and isinstance(preference.get("mean"), (int, float))
-            and abs(preference["mean"] - qf["better"]) <= 1e-12 and preference.get("n") == qf.get("n"))
-    return preference["ci95"] if same else None
-
-
 def _domains(rec: dict[str, Any]) -> dict[str, Any]:
     """The record's domains; a question-following block gets its verdict from the current rules
-    (:func:`selfrec_ft.scoring.controls_preference.record_verdict`), an older record's "better"
-    interval taken from its preference block (:func:`_better_interval`)."""
+    (:func:`selfrec_ft.scoring.controls_preference.record_verdict`, given the domain's preference block
+    for a record older than the hook's ``better_ci95``)."""
     from selfrec_ft.scoring.controls_preference import record_verdict
 
     out = {d: dict(rec[d]) for d in DOMAINS if d in rec}
     for d, r in out.items():
         if isinstance(r.get("question_following"), dict):
             qf = dict(r["question_following"])
-            if "better_ci95" not in qf:
-                better_ci = _better_interval(qf, r.get("preference"))
-                if better_ci is not None:
-                    qf["better_ci95"] = better_ci
-            qf["verdict"], qf["answer_copying"] = record_verdict(qf)
+            qf["verdict"], qf["answer_copying"] = record_verdict(qf, r.get("preference"))
             r["question_following"] = qf
     return out
 
